@@ -1,0 +1,74 @@
+"""Pure translation helpers shared by the exporters: names, chunks, limits."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+_log = logging.getLogger("tracelet")
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """Consecutive slices of at most `size` items."""
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class NameMapper:
+    """Maps names to what a backend accepts, warning once per changed name.
+
+    Args:
+        backend: for the warning.
+        invalid: a regex of the characters the backend refuses; each becomes ``_``.
+        max_len: longest name the backend stores.
+    """
+
+    def __init__(self, backend: str, invalid: str, max_len: int) -> None:
+        self._backend = backend
+        self._invalid = re.compile(invalid)
+        self._max_len = max_len
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, name: str) -> str:
+        mapped = self._cache.get(name)
+        if mapped is None:
+            mapped = self._invalid.sub("_", name)[: self._max_len]
+            if mapped != name:
+                _log.warning(
+                    "tracelet: %s cannot store the name %r; it is stored as %r",
+                    self._backend,
+                    name,
+                    mapped,
+                )
+            self._cache[name] = mapped
+        return mapped
+
+
+def truncate(backend: str, kind: str, key: str, value: Any, limit: int) -> str:
+    """``str(value)`` cut to `limit` characters, with a warning when cut."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        _log.warning(
+            "tracelet: %s %s %r is %d characters; %s keeps the first %d",
+            backend,
+            kind,
+            key,
+            len(text),
+            backend,
+            limit,
+        )
+        text = text[:limit]
+    return text
+
+
+def tag_dict(tags: dict[str, str] | list[str] | None) -> dict[str, str]:
+    """Tags given as a dict, or as a list of labels (each becomes ``label: ""``)."""
+    if tags is None:
+        return {}
+    if isinstance(tags, dict):
+        return {str(k): str(v) for k, v in tags.items()}
+    return {str(t): "" for t in tags}

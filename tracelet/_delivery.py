@@ -1,0 +1,175 @@
+"""One delivery thread per tracker exporter: journal → exporter, retried, acknowledged.
+
+Each thread keeps its own cursor (a byte offset into the journal) and moves it
+only after the exporter accepted a batch, saving it in the run directory so a
+later ``tracelet sync`` resumes exactly there. A failing backend is retried
+with backoff; it never holds up the training loop or the other backends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tracelet._history import History
+from tracelet._journal import read_batches
+from tracelet.export import ExportResult, RunInfo, RunStatus, TrackerExporter
+
+_log = logging.getLogger("tracelet")
+
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 30.0
+
+
+def save_json(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` to `path` atomically (a reader never sees half a file)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+class Delivery:
+    """Delivers a run's journal to one exporter on a thread of its own."""
+
+    def __init__(
+        self,
+        backend: str,
+        exporter: TrackerExporter,
+        run: RunInfo,
+        history: History,
+        state_path: Path,
+        on_started: Callable[[], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.exporter = exporter
+        self.run = run
+        self.history = history
+        self.state_path = state_path
+        self._on_started = on_started
+        self.offset = 0
+        self.delivered = 0  # metric points the exporter accepted
+        self.started = False
+        self.closed = False  # shutdown() returned
+        self.error: BaseException | None = None  # the last failure, if unresolved
+        self.failures = 0
+        self.resume: dict[str, Any] | None = None
+        self._status: RunStatus | None = None
+        self._deadline = float("inf")
+        self._kick = threading.Event()  # cuts a backoff sleep short when the run closes
+        self._thread = threading.Thread(
+            target=self._run, name=f"tracelet-export-{backend}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def finish(self, status: RunStatus, deadline: float) -> None:
+        """Deliver what is journaled, then close the tracker run, by `deadline` (monotonic)."""
+        self._deadline = deadline
+        self._status = status
+        self._kick.set()
+        with self.history.written:
+            self.history.written.notify_all()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(max(0.0, timeout))
+
+    # -- the thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        if not self._retry("start", self._start):
+            return
+        while True:
+            with self.history.written:
+                while self.offset >= self.history.committed and self._status is None:
+                    self.history.written.wait()
+                finishing = self._status is not None
+                end = self.history.committed
+            if not self._deliver_to(end):
+                return
+            if finishing and self.offset >= self.history.committed:
+                break
+        self._retry("close", self._close)
+
+    def _start(self) -> None:
+        self.resume = self.exporter.start(self.run)
+        self.started = True
+        self._save()
+        if self._on_started is not None:
+            self._on_started()
+
+    def _close(self) -> None:
+        assert self._status is not None
+        remaining_ms = max(0.0, self._deadline - time.monotonic()) * 1000
+        self.exporter.force_flush(remaining_ms)
+        self.exporter.shutdown(timeout_millis=remaining_ms, status=self._status)
+        self.closed = True
+        self._save()
+
+    def _deliver_to(self, end: int) -> bool:
+        with self.history.path.open("rb") as f:
+            while self.offset < end:
+                ok = self._retry("export", lambda: self._export_from(f, end))
+                if not ok:
+                    return False
+        return True
+
+    def _export_from(self, f: Any, end: int) -> None:
+        for batch, offset, points in read_batches(
+            f, self.offset, end, self.exporter.max_batch_points
+        ):
+            remaining_ms = min(10_000.0, max(0.0, self._deadline - time.monotonic()) * 1000)
+            result = self.exporter.export(batch, timeout_millis=remaining_ms or 10_000.0)
+            if result is not ExportResult.SUCCESS:
+                raise RuntimeError(f"exporter returned {result}")
+            self.offset, self.delivered = offset, self.delivered + points
+            self._save()
+
+    def _retry(self, what: str, action: Any) -> bool:
+        """Run `action` until it succeeds; False once the close deadline has passed."""
+        backoff = _BACKOFF_FIRST
+        while True:
+            try:
+                action()
+            except Exception as exc:
+                self.failures += 1
+                if self.error is None:
+                    _log.warning(
+                        "tracelet: backend %r failed to %s: %r; retrying with backoff, "
+                        "every point stays in %s",
+                        self.backend,
+                        what,
+                        exc,
+                        self.history.path,
+                    )
+                else:
+                    _log.debug("tracelet: backend %r failed again: %r", self.backend, exc)
+                self.error = exc
+            else:
+                if self.error is not None:
+                    _log.warning("tracelet: backend %r recovered (%s)", self.backend, what)
+                    self.error = None
+                return True
+            wait = min(backoff, self._deadline - time.monotonic())
+            if wait <= 0:
+                return False
+            self._kick.wait(wait)
+            self._kick.clear()
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def _save(self) -> None:
+        save_json(
+            self.state_path,
+            {
+                "backend": self.backend,
+                "offset": self.offset,
+                "delivered": self.delivered,
+                "closed": self.closed,
+                "resume": self.resume,
+            },
+        )

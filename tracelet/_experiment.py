@@ -1,0 +1,301 @@
+"""`Experiment`: the handle training code logs into.
+
+Where a point travels: `log_metric` validates and appends
+``(name, value, step, time_ns)`` to the history queue (`_history.History`) and
+updates the latest value the OTel gauges read (`_otel.Telemetry`). The journal
+thread writes the queue to the run journal; one delivery thread per backend
+(`_delivery.Delivery`) reads the journal and calls its exporter, e.g.
+`tracelet.exporters.mlflow.MLflowExporter.export` → ``MlflowClient.log_batch``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tracelet import _validate
+from tracelet._delivery import Delivery
+from tracelet._history import History
+from tracelet._otel import Telemetry
+from tracelet.errors import ExperimentClosedError, ParamConflictError
+from tracelet.export import RunStatus
+
+__all__ = ["BackendReport", "Experiment", "RunReport"]
+
+_log = logging.getLogger("tracelet")
+
+
+@dataclass(frozen=True)
+class BackendReport:
+    """What one backend received."""
+
+    backend: str
+    delivered: int
+    undelivered: int
+    closed: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """The account of a run, made when it ends (`Experiment.report`)."""
+
+    run_id: str
+    status: RunStatus
+    points: int
+    run_dir: Path
+    backends: list[BackendReport] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """True when every backend received every point and closed its run."""
+        return all(b.undelivered == 0 and b.closed for b in self.backends)
+
+
+class Experiment:
+    """A run being tracked. Create it with `tracelet.start_logging`.
+
+    Thread-safe: any thread may log into it; the points of one metric are
+    delivered in the order of the calls.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        name: str,
+        project: str,
+        run_dir: Path,
+        history: History,
+        deliveries: list[Delivery],
+        telemetry: Telemetry,
+        latest: dict[str, float],
+        close_timeout: float,
+        keep_journal: bool,
+    ) -> None:
+        self.run_id = run_id
+        self.name = name
+        self.project = project
+        self.run_dir = run_dir
+        self.report: RunReport | None = None
+        self.telemetry = telemetry
+        self._history = history
+        self._queue = history.queue
+        self._wake_at = history.wake_at
+        self._deliveries = deliveries
+        self._latest = latest
+        self._next_step: dict[str, int] = {}
+        self._params: dict[str, Any] = {}
+        self._step = -1
+        self._points = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._end_lock = threading.Lock()
+        self._close_timeout = close_timeout
+        self._keep_journal = keep_journal
+
+    # -- logging ----------------------------------------------------------------
+
+    def log_metric(self, name: str, value: float, iteration: int | None = None) -> None:
+        """Record one value of a metric.
+
+        Args:
+            name: metric name, e.g. ``"train/loss"``.
+            value: a real number: int, float, a numpy scalar or a 0-d tensor.
+                NaN and inf are kept.
+            iteration: the step (an int >= 0). When ``None``, the step is one
+                past this metric's previous step (0 for its first point), so
+                points logged without a step never collide.
+
+        Raises:
+            TypeError: `value` is not a real number, or `iteration` not an int.
+            ValueError: an empty name or a negative iteration.
+            ExperimentClosedError: the experiment has ended.
+        """
+        if type(name) is not str or not name:
+            name = _validate.metric_name(name)
+        if type(value) is not float:
+            value = float(value) if type(value) is int else _validate.metric_value(name, value)
+        if iteration is not None and (type(iteration) is not int or iteration < 0):
+            iteration = _validate.step(name, iteration)
+        with self._lock:
+            if self._closed:
+                raise ExperimentClosedError(f"experiment {self.name!r} has ended; start a new one")
+            step = self._next_step.get(name, 0) if iteration is None else iteration
+            self._next_step[name] = step + 1
+            self._queue.append((name, value, step, time.time_ns()))
+            self._latest[name] = value
+            self._points += 1
+            if step > self._step:
+                self._step = step
+        if len(self._queue) >= self._wake_at:
+            self._history.wake()
+
+    def log_metrics(self, metrics: dict[str, float], iteration: int | None = None) -> None:
+        """Record several metrics at one step (each gets its own step when `iteration` is None).
+
+        Every value is checked before any is recorded, so a bad one records none.
+        """
+        if not isinstance(metrics, dict):
+            raise TypeError(f"metrics must be a dict, not {type(metrics).__name__} ({metrics!r})")
+        checked = []
+        for name, value in metrics.items():
+            _validate.metric_name(name)
+            checked.append((name, _validate.metric_value(name, value)))
+        if iteration is not None:
+            iteration = _validate.step(",".join(metrics), iteration)
+        for name, value in checked:
+            self.log_metric(name, value, iteration)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Record hyperparameters; nested dicts are flattened with ``/``.
+
+        Logging a param again with the same value does nothing.
+
+        Raises:
+            ParamConflictError: a param already logged with a different value
+                (MLflow forbids changing it); none of this call's params are
+                recorded.
+        """
+        flat = _validate.flatten(params)
+        with self._lock:
+            self._check_open()
+            for key, value in flat.items():
+                old = self._params.get(key, value)
+                if old != value or type(old) is not type(value):
+                    raise ParamConflictError(
+                        f"param {key!r} was logged as {old!r}; it cannot change to {value!r}. "
+                        f"Log it under a new name, e.g. {key + '_2'!r}"
+                    )
+            new = {k: v for k, v in flat.items() if k not in self._params}
+            if new:
+                self._params.update(new)
+                self._queue.append(("p", new))
+
+    def log_param(self, key: str, value: Any) -> None:
+        """Record one hyperparameter (see `log_params`)."""
+        self.log_params({key: value})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        """Set run tags (values become strings); a tag set again is overwritten."""
+        checked = _validate.tags(tags)
+        with self._lock:
+            self._check_open()
+            self._queue.append(("t", checked))
+
+    def set_tag(self, key: str, value: Any) -> None:
+        """Set one run tag (see `set_tags`)."""
+        self.set_tags({key: value})
+
+    @property
+    def step(self) -> int | None:
+        """The highest step logged so far (``None`` before the first point)."""
+        return None if self._step < 0 else self._step
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The params logged so far (flattened)."""
+        return dict(self._params)
+
+    @property
+    def active(self) -> bool:
+        return not self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ExperimentClosedError(f"experiment {self.name!r} has ended; start a new one")
+
+    # -- ending -----------------------------------------------------------------
+
+    def end(self, status: RunStatus | str = RunStatus.FINISHED) -> RunReport:
+        """End the run: deliver every point, close the tracker runs, report.
+
+        Waits at most the `close_timeout` setting for the backends. What a
+        backend has not received by then stays in the run's journal and is
+        reported (``tracelet sync`` delivers it later). Calling it again
+        returns the same report.
+        """
+        status = RunStatus(status)
+        with self._end_lock:
+            if self.report is not None:
+                return self.report
+            with self._lock:
+                self._closed = True
+            deadline = time.monotonic() + self._close_timeout
+            self._history.close()
+            for delivery in self._deliveries:
+                delivery.finish(status, deadline)
+            for delivery in self._deliveries:
+                delivery.join(deadline - time.monotonic())
+            try:
+                self.telemetry.shutdown(max(1.0, deadline - time.monotonic()) * 1000)
+            except Exception as exc:  # never let telemetry cost the run its report
+                _log.warning("tracelet: OTel shutdown failed: %r", exc)
+            self.report = self._make_report(status)
+        self._log_report(self.report)
+        if self.report.complete and not self._keep_journal:
+            self._history.path.unlink(missing_ok=True)
+        return self.report
+
+    def _make_report(self, status: RunStatus) -> RunReport:
+        points = self._history.points
+        backends = [
+            BackendReport(
+                backend=d.backend,
+                delivered=d.delivered,
+                undelivered=points - d.delivered,
+                closed=d.closed,
+                error=None if d.error is None else repr(d.error),
+            )
+            for d in self._deliveries
+        ]
+        return RunReport(self.run_id, status, points, self.run_dir, backends)
+
+    def _log_report(self, report: RunReport) -> None:
+        for b in report.backends:
+            if b.undelivered or not b.closed:
+                _log.error(
+                    "tracelet: run %s: backend %r received %d of %d points%s; the rest is kept "
+                    "in %s; deliver it with: tracelet sync %s",
+                    report.run_id,
+                    b.backend,
+                    b.delivered,
+                    report.points,
+                    f" (last error: {b.error})" if b.error else "",
+                    report.run_dir,
+                    report.run_dir,
+                )
+            else:
+                _log.info(
+                    "tracelet: run %s: backend %r received all %d points (%s)",
+                    report.run_id,
+                    b.backend,
+                    b.delivered,
+                    report.status.value,
+                )
+
+    def __enter__(self) -> Experiment:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        from tracelet import interface
+
+        failed = exc_type is not None and not issubclass(exc_type, (KeyboardInterrupt,))
+        status = RunStatus.FAILED if failed else (
+            RunStatus.KILLED if exc_type is not None else RunStatus.FINISHED
+        )
+        interface._end(self, status)
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "ended"
+        return f"<Experiment {self.name!r} project={self.project!r} run_id={self.run_id} {state}>"

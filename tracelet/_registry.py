@@ -1,0 +1,83 @@
+"""Backend names → exporter classes, through the ``tracelet.exporters`` entry points."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping, Sequence
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import ValidationError
+
+from tracelet.errors import BackendNotFoundError, BackendNotInstalledError, ConfigError
+from tracelet.export import ExporterOptions, TrackerExporter
+
+GROUP = "tracelet.exporters"
+
+
+def available() -> list[str]:
+    """Names of every installed backend."""
+    return sorted({ep.name for ep in entry_points(group=GROUP)})
+
+
+def resolve(names: Sequence[str]) -> dict[str, type[TrackerExporter]]:
+    """Load the exporter class of each backend name, checking its SDK is installed.
+
+    Raises:
+        BackendNotFoundError: a name no installed exporter provides.
+        BackendNotInstalledError: the backend's extra is not installed.
+    """
+    found = {ep.name: ep for ep in entry_points(group=GROUP)}
+    classes: dict[str, type[TrackerExporter]] = {}
+    for name in names:
+        if not isinstance(name, str) or name not in found:
+            raise BackendNotFoundError(
+                f"unknown backend {name!r}; available backends: {', '.join(sorted(found))}"
+            )
+        if name in classes:
+            raise ConfigError(f"backend {name!r} is listed twice")
+        cls = found[name].load()
+        missing = [mod for mod in cls.requires if importlib.util.find_spec(mod) is None]
+        if missing:
+            extra = cls.extra or name
+            raise BackendNotInstalledError(
+                f"backend {name!r} needs {', '.join(missing)}, which is not installed: "
+                f"pip install 'tracelet[{extra}]'"
+            )
+        classes[name] = cls
+    return classes
+
+
+def build_options(
+    classes: Mapping[str, type[TrackerExporter]], config: Mapping[str, Any] | None
+) -> dict[str, ExporterOptions]:
+    """Split `config` between the backends and validate each share.
+
+    A key that names a selected backend holds options for that backend alone
+    (``{"mlflow": {"tracking_uri": ...}}``); any other key goes to every
+    selected backend that has that option (``tags`` goes to all of them,
+    ``entity`` only to W&B). A key no selected backend accepts is an error.
+    """
+    shares: dict[str, dict[str, Any]] = {name: {} for name in classes}
+    for key, value in (config or {}).items():
+        if key in classes:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config[{key!r}] must be a dict of {key} options, not {value!r}")
+            shares[key].update(value)
+            continue
+        takers = [name for name, cls in classes.items() if key in cls.options.model_fields]
+        if not takers:
+            allowed = sorted({f for cls in classes.values() for f in cls.options.model_fields})
+            raise ConfigError(
+                f"config option {key!r} is not accepted by backend(s) {', '.join(classes)}; "
+                f"allowed options: {', '.join(allowed) or 'none'}"
+            )
+        for name in takers:
+            shares[name][key] = value
+    options: dict[str, ExporterOptions] = {}
+    for name, cls in classes.items():
+        try:
+            options[name] = cls.options(**shares[name])
+        except ValidationError as exc:
+            raise ConfigError(f"invalid config for backend {name!r}: {exc}") from exc
+    return options

@@ -1,0 +1,223 @@
+"""The main interface: start a run, find it from anywhere, stop it.
+
+```python
+import tracelet
+
+with tracelet.start_logging(exp_name="baseline", project="mnist") as exp:
+    exp.log_params({"lr": 0.1})
+    for step in range(100):
+        exp.log_metric("train/loss", 1 / (step + 1), iteration=step)
+```
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tracelet import _registry
+from tracelet._delivery import Delivery
+from tracelet._experiment import Experiment
+from tracelet._history import History
+from tracelet._otel import Telemetry, resource_attributes
+from tracelet.export import RunInfo, RunStatus
+from tracelet.settings import TraceletSettings
+
+__all__ = ["get_active_experiment", "start_logging", "stop_logging"]
+
+_log = logging.getLogger("tracelet")
+
+_lock = threading.RLock()
+_active: Experiment | None = None
+_uncaught: BaseException | None = None
+
+
+def start_logging(
+    exp_name: str | None = None,
+    project: str | None = None,
+    backend: str | Sequence[str] | None = None,
+    config: Mapping[str, Any] | None = None,
+    settings: TraceletSettings | None = None,
+) -> Experiment:
+    """Start tracking a run and make it the active experiment.
+
+    Values are taken from the explicit arguments first, then from `settings`,
+    then from ``TRACELET_*`` environment variables, then the defaults (backend
+    ``"mlflow"``, writing to MLflow's local store). A run that is still active
+    is ended first.
+
+    Args:
+        exp_name: the run's name (MLflow run name, W&B run name, ClearML task).
+            Generated from the time when not given.
+        project: the MLflow experiment, W&B project or ClearML project
+            (``"default"`` when not given).
+        backend: one backend name or a list of them, e.g.
+            ``["mlflow", "wandb"]``.
+        config: backend options. A key naming a backend holds options for it
+            alone (``{"mlflow": {"tracking_uri": "http://127.0.0.1:5000"}}``);
+            any other key goes to each selected backend that has that option
+            (``tags`` to all, ``entity`` to W&B). Unknown options are an error.
+        settings: a `tracelet.settings.TraceletSettings`.
+
+    Returns:
+        The active `Experiment`; also a context manager that ends the run.
+
+    Raises:
+        ValueError: an unknown backend (`tracelet.errors.BackendNotFoundError`,
+            which lists the available ones) or a bad config option
+            (`tracelet.errors.ConfigError`). Nothing is created in that case.
+        ImportError: the backend's extra is not installed
+            (`tracelet.errors.BackendNotInstalledError` names the pip command).
+    """
+    base = settings if settings is not None else TraceletSettings()
+    overrides: dict[str, Any] = {}
+    if exp_name is not None:
+        overrides["exp_name"] = exp_name
+    if project is not None:
+        overrides["project"] = project
+    if backend is not None:
+        overrides["backend"] = backend
+    resolved = TraceletSettings(**{**base.model_dump(), **overrides}) if overrides else base
+
+    # Everything that can be wrong is checked before anything is created.
+    classes = _registry.resolve(resolved.backend)
+    options = _registry.build_options(classes, {**resolved.config, **(config or {})})
+
+    with _lock:
+        if _active is not None:
+            _end(_active, RunStatus.FINISHED)
+        exp = _create(resolved, classes, options)
+        _set_active(exp)
+    return exp
+
+
+def get_active_experiment() -> Experiment | None:
+    """The experiment started last and not yet stopped, or ``None``."""
+    return _active
+
+
+def stop_logging() -> None:
+    """End the active experiment (delivering everything); harmless when there is none."""
+    exp = _active
+    if exp is not None:
+        _end(exp, RunStatus.FINISHED)
+
+
+def _create(
+    settings: TraceletSettings,
+    classes: Mapping[str, type[Any]],
+    options: Mapping[str, Any],
+) -> Experiment:
+    run_id = uuid.uuid4().hex
+    project = settings.project or "default"
+    name = settings.exp_name or time.strftime("run-%Y%m%d-%H%M%S")
+    run_dir = Path(settings.dir).absolute() / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:8]}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    (run_dir / "run.json").write_text(
+        json.dumps(
+            {"run_id": run_id, "project": project, "name": name, "backends": list(classes)},
+            indent=1,
+        )
+    )
+    latest: dict[str, float] = {}
+    exp_ref: list[Experiment] = []
+    telemetry = Telemetry(
+        resource_attributes(run_id, project, name),
+        latest,
+        lambda: (exp_ref[0].step or 0, exp_ref[0]._points) if exp_ref else (0, 0),
+    )
+    history = History(
+        run_dir / "journal.jsonl",
+        flush_interval=settings.flush_interval,
+        max_buffered=settings.max_buffered_points,
+        on_names=telemetry.observe,
+    )
+    info = RunInfo(run_id=run_id, project=project, name=name)
+    deliveries = [
+        Delivery(
+            backend,
+            cls(options[backend]),
+            info,
+            history,
+            run_dir / f"{backend}.state.json",
+            on_started=_exit_hook_first,
+        )
+        for backend, cls in classes.items()
+    ]
+    exp = Experiment(
+        run_id=run_id,
+        name=name,
+        project=project,
+        run_dir=run_dir,
+        history=history,
+        deliveries=deliveries,
+        telemetry=telemetry,
+        latest=latest,
+        close_timeout=settings.close_timeout,
+        keep_journal=settings.keep_journal,
+    )
+    exp_ref.append(exp)
+    for delivery in deliveries:
+        delivery.start()
+    return exp
+
+
+def _set_active(exp: Experiment) -> None:
+    global _active
+    _active = exp
+    _install_hooks()
+
+
+def _end(exp: Experiment, status: RunStatus) -> None:
+    global _active
+    with _lock:
+        exp.end(status)
+        if _active is exp:
+            _active = None
+
+
+_hooks_installed = False
+
+
+def _install_hooks() -> None:
+    """End the active run at interpreter exit, FAILED after an uncaught exception."""
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    previous = sys.excepthook
+
+    def excepthook(
+        exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+    ) -> None:
+        global _uncaught
+        _uncaught = exc
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = excepthook
+    atexit.register(_at_exit)
+
+
+def _exit_hook_first() -> None:
+    """Move tracelet's exit hook ahead of those an SDK registered while starting.
+
+    atexit runs hooks last-registered first; a tracker SDK that closes its run
+    at exit must see tracelet's final points before it does.
+    """
+    atexit.unregister(_at_exit)
+    atexit.register(_at_exit)
+
+
+def _at_exit() -> None:
+    exp = _active
+    if exp is not None:
+        _end(exp, RunStatus.FAILED if _uncaught is not None else RunStatus.FINISHED)

@@ -1,0 +1,82 @@
+"""Run settings, read from arguments, a `TraceletSettings` object or `TRACELET_*` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["TraceletSettings"]
+
+
+class TraceletSettings(BaseSettings):
+    """Everything that shapes a run, besides the per-backend `config`.
+
+    Every field can also be set through an environment variable named
+    ``TRACELET_<FIELD>`` (for example ``TRACELET_BACKEND=mlflow,wandb``).
+    A misspelled field is an error, never silently ignored.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRACELET_", extra="forbid", validate_assignment=True
+    )
+
+    project: str | None = Field(
+        default=None, description="Project: the MLflow experiment, W&B / ClearML project."
+    )
+    exp_name: str | None = Field(
+        default=None, description="Run name on the trackers; generated when not given."
+    )
+    backend: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["mlflow"],
+        description='Backends, as a list or a comma-separated string ("mlflow,wandb").',
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Backend options, as for start_logging's config (which wins key by key).",
+    )
+    track_system: bool = Field(default=True, description="Sample host, process and GPU metrics.")
+    metrics_interval: float = Field(
+        default=10.0, gt=0, description="Seconds between system samples and OTel exports."
+    )
+    track_git: bool = Field(default=True, description="Record commit, branch and dirty flag.")
+    track_env: bool = Field(
+        default=True, description="Record Python, platform and package versions."
+    )
+    dir: Path = Field(
+        default=Path(".tracelet"),
+        description="Where runs keep their journal (the local copy of every point).",
+    )
+    flush_interval: float = Field(
+        default=0.2, gt=0, le=60, description="Seconds between history flushes to the exporters."
+    )
+    max_buffered_points: int = Field(
+        default=200_000,
+        ge=1_000,
+        description="Points held in memory before log_metric waits for the journal writer.",
+    )
+    close_timeout: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds stop_logging waits for backends before reporting what is undelivered.",
+    )
+    keep_journal: bool = Field(
+        default=False,
+        description="Keep the run's journal after every backend received every point.",
+    )
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _split_backends(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _non_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("backend needs at least one name, e.g. 'mlflow'")
+        return value

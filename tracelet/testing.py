@@ -1,0 +1,121 @@
+"""Test doubles for tracelet's users and its own tests.
+
+- `InMemoryExporter` (backend name ``"memory"``) keeps every run it receives in
+  `InMemoryExporter.runs`, keyed by tracelet run id.
+- `capture_telemetry` attaches an in-memory OTel reader to the runs started
+  inside it, to read what the telemetry channel holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader
+
+from tracelet import _otel
+from tracelet.export import (
+    Batch,
+    ExporterOptions,
+    ExportResult,
+    MetricPoint,
+    RunInfo,
+    RunStatus,
+    TrackerExporter,
+)
+
+__all__ = ["InMemoryExporter", "MemoryRun", "TelemetryCapture", "capture_telemetry"]
+
+
+@dataclass
+class MemoryRun:
+    """Everything one run delivered to an `InMemoryExporter`."""
+
+    info: RunInfo
+    metrics: list[MetricPoint] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    status: RunStatus | None = None
+    batches: int = 0
+
+    def history(self, name: str) -> list[tuple[int, float]]:
+        """``(step, value)`` of one metric, in delivery order."""
+        return [(p.step, p.value) for p in self.metrics if p.name == name]
+
+
+class InMemoryOptions(ExporterOptions):
+    tags: dict[str, str] | list[str] | None = None
+
+
+class InMemoryExporter(TrackerExporter):
+    """A tracker that keeps runs in memory: backend ``"memory"``."""
+
+    name = "memory"
+    options = InMemoryOptions
+    runs: ClassVar[dict[str, MemoryRun]] = {}
+
+    def start(self, run: RunInfo) -> dict[str, Any]:
+        self.run = InMemoryExporter.runs.setdefault(run.run_id, MemoryRun(run))
+        return {"run_id": run.run_id}
+
+    def export(self, batch: Batch, timeout_millis: float = 10_000, **kwargs: Any) -> ExportResult:
+        self.run.metrics.extend(batch.metrics)
+        self.run.params.update(batch.params)
+        self.run.tags.update(batch.tags)
+        self.run.batches += 1
+        return ExportResult.SUCCESS
+
+    def shutdown(
+        self, timeout_millis: float = 30_000, status: RunStatus = RunStatus.FINISHED, **kwargs: Any
+    ) -> None:
+        self.run.status = status
+
+
+class TelemetryCapture:
+    """What the OTel side of the runs started under `capture_telemetry` holds."""
+
+    def __init__(self) -> None:
+        self.readers: list[InMemoryMetricReader] = []
+
+    def _new_reader(self) -> MetricReader:
+        reader = InMemoryMetricReader()
+        self.readers.append(reader)
+        return reader
+
+    def collect(self) -> tuple[dict[str, Any], dict[str, list[tuple[dict[str, Any], Any]]]]:
+        """Collect the latest run's metrics now.
+
+        Returns:
+            ``(resource_attributes, {instrument: [(attributes, value), ...]})``.
+        """
+        if not self.readers:
+            raise RuntimeError("no run was started inside capture_telemetry()")
+        data = self.readers[-1].get_metrics_data()
+        resource: dict[str, Any] = {}
+        series: dict[str, list[tuple[dict[str, Any], Any]]] = {}
+        for rm in data.resource_metrics if data is not None else []:
+            resource = dict(rm.resource.attributes)
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    points = series.setdefault(metric.name, [])
+                    for dp in metric.data.data_points:
+                        points.append((dict(dp.attributes or {}), getattr(dp, "value", None)))
+        return resource, series
+
+    def latest(self) -> dict[str, Any]:
+        """``{instrument name: value}`` for instruments with one point."""
+        _, series = self.collect()
+        return {name: pts[-1][1] for name, pts in series.items() if len(pts) == 1}
+
+
+@contextmanager
+def capture_telemetry() -> Iterator[TelemetryCapture]:
+    """Attach an in-memory OTel metric reader to every run started inside the block."""
+    capture = TelemetryCapture()
+    _otel.EXTRA_READERS.append(capture._new_reader)
+    try:
+        yield capture
+    finally:
+        _otel.EXTRA_READERS.remove(capture._new_reader)
