@@ -1,0 +1,31 @@
+# The two commands of the README:  make quickstart  /  make test
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: quickstart test bench docs lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+quickstart: $(VENV)/.installed
+	$(PY) examples/quickstart.py
+
+test: $(VENV)/.installed
+	scripts/test.sh
+
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks
+
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+clean:
+	rm -rf build dist site .tracelet mlflow.db mlruns .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, tests (slow end-to-end ones included),
+# the wheel built and imported outside the source tree, and the docs built strictly.
+# Run through `make test`, which creates .venv first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true WANDB_ERROR_REPORTING=false
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "system packages the end-to-end tests need"
+scripts/install-system-deps.sh
+
+step "lint (ruff) and types (mypy --strict on tracelet/)"
+$PY -m ruff check .
+$PY -m mypy
+
+step "tests"
+$PY -m pytest "$@"
+
+step "wheel: build, install into a clean venv, import from it"
+rm -rf dist
+$PY -m build --wheel --outdir dist . >/dev/null
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+python3 -m venv "$scratch/venv"
+"$scratch/venv/bin/pip" install --quiet dist/*.whl
+(cd "$scratch" && "$scratch/venv/bin/python" - <<'PY'
+import sys
+import tracelet
+import tracelet.exporters.mlflow  # the exporters ship inside the wheel
+from tracelet import _registry
+assert tracelet.__file__.startswith(sys.prefix), tracelet.__file__
+names = _registry.available()
+assert "mlflow" in names, names
+print("wheel OK:", tracelet.__version__, tracelet.__file__, "backends:", ", ".join(names))
+PY
+)
+
+step "docs (mkdocs --strict)"
+.venv/bin/mkdocs build --strict --quiet --site-dir build/site
+echo "docs OK"

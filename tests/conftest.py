@@ -1,0 +1,48 @@
+"""Shared fixtures: every test runs in its own temporary directory, offline."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tracelet
+from tracelet.testing import InMemoryExporter
+
+# Offline and quiet for every backend SDK, before any of them is imported.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run in `tmp_path` (so ./.tracelet and ./mlflow.db land there), with no TRACELET_* leaking in."""
+    for key in list(os.environ):
+        if key.startswith("TRACELET_") or key == "MLFLOW_TRACKING_URI":
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    tracelet.stop_logging()
+    InMemoryExporter.runs.clear()
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path) -> str:
+    """A fresh MLflow sqlite store in the test's directory."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 for the whole session; yields its URL."""
+    from tests._servers import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
