@@ -1,0 +1,199 @@
+"""The Experiment API on the in-memory test double: steps, params, tags, lifecycle, errors."""
+
+from __future__ import annotations
+
+import logging
+import math
+from importlib.util import find_spec
+
+import pytest
+
+import tracelet
+from tracelet import TraceletSettings
+from tracelet.errors import (
+    BackendNotFoundError,
+    BackendNotInstalledError,
+    ConfigError,
+    ExperimentClosedError,
+    ParamConflictError,
+)
+from tracelet.export import RunStatus
+from tracelet.testing import InMemoryExporter, MemoryRun
+
+QUIET = TraceletSettings(track_system=False, track_git=False, track_env=False)
+
+
+def start(**kwargs: object) -> tracelet.Experiment:
+    kwargs.setdefault("backend", "memory")
+    kwargs.setdefault("settings", QUIET)
+    return tracelet.start_logging(**kwargs)  # type: ignore[arg-type]
+
+
+def delivered(exp: tracelet.Experiment) -> MemoryRun:
+    return InMemoryExporter.runs[exp.run_id]
+
+
+def test_points_arrive_exactly_with_steps_values_and_times() -> None:
+    exp = start(exp_name="e", project="p")
+    logged = []
+    for i in range(5000):
+        before = __import__("time").time_ns()
+        exp.log_metric("loss", 1 / (i + 1), iteration=i)
+        logged.append((before, __import__("time").time_ns()))
+    exp.log_metric("loss", math.nan, iteration=5000)
+    exp.log_metric("loss", -math.inf, iteration=5001)
+    report = exp.end()
+    run = delivered(exp)
+    history = run.history("loss")
+    assert [s for s, _ in history] == list(range(5002))
+    assert [v for _, v in history[:5000]] == [1 / (i + 1) for i in range(5000)]
+    assert math.isnan(history[5000][1]) and history[5001][1] == -math.inf
+    points = [p for p in run.metrics if p.name == "loss"][:5000]
+    assert all(lo <= p.timestamp_ns <= hi for p, (lo, hi) in zip(points, logged, strict=True))
+    assert run.status is RunStatus.FINISHED
+    assert report.complete and report.points == 5002
+
+
+def test_iteration_none_continues_each_metric_from_its_previous_step() -> None:
+    exp = start()
+    exp.log_metric("a", 1.0)
+    exp.log_metric("a", 2.0)
+    exp.log_metric("b", 3.0, iteration=10)
+    exp.log_metric("b", 4.0)
+    exp.log_metric("a", 5.0, iteration=7)
+    exp.log_metric("a", 6.0)
+    assert exp.step == 11
+    exp.end()
+    run = delivered(exp)
+    assert run.history("a") == [(0, 1.0), (1, 2.0), (7, 5.0), (8, 6.0)]
+    assert run.history("b") == [(10, 3.0), (11, 4.0)]
+
+
+def test_log_metrics_shares_one_step_and_checks_all_values_first() -> None:
+    exp = start()
+    exp.log_metrics({"x": 1, "y": 2.5}, iteration=3)
+    with pytest.raises(TypeError, match="'z'.*str"):
+        exp.log_metrics({"w": 1.0, "z": "high"}, iteration=4)
+    exp.end()
+    run = delivered(exp)
+    assert run.history("x") == [(3, 1.0)] and run.history("y") == [(3, 2.5)]
+    assert run.history("w") == []
+
+
+def test_params_are_flattened_repeatable_and_conflicts_raise() -> None:
+    exp = start()
+    exp.log_params({"lr": 0.1, "opt": {"name": "adam", "betas": [0.9, 0.99]}})
+    exp.log_params({"lr": 0.1})  # same value: no-op
+    with pytest.raises(ParamConflictError, match=r"'lr'.*0\.1.*0\.2"):
+        exp.log_params({"epochs": 3, "lr": 0.2})
+    exp.log_param("epochs", 3)
+    exp.set_tags({"team": "vision", "n": 1})
+    exp.end()
+    run = delivered(exp)
+    assert run.params == {"lr": 0.1, "opt/name": "adam", "opt/betas": "[0.9, 0.99]", "epochs": 3}
+    assert run.tags == {"team": "vision", "n": "1"}
+
+
+def test_context_manager_marks_failed_and_propagates() -> None:
+    with pytest.raises(ZeroDivisionError), start() as exp:
+        exp.log_metric("loss", 1.0)
+        _ = 1 / 0
+    assert delivered(exp).status is RunStatus.FAILED
+    assert delivered(exp).history("loss") == [(0, 1.0)]
+    assert tracelet.get_active_experiment() is None
+
+
+def test_active_experiment_lifecycle() -> None:
+    assert tracelet.get_active_experiment() is None
+    first = start(exp_name="one")
+    assert tracelet.get_active_experiment() is first
+    second = start(exp_name="two")  # ends the first
+    assert not first.active and delivered(first).status is RunStatus.FINISHED
+    assert tracelet.get_active_experiment() is second
+    tracelet.stop_logging()
+    tracelet.stop_logging()  # harmless
+    assert tracelet.get_active_experiment() is None
+    with pytest.raises(ExperimentClosedError):
+        second.log_metric("loss", 1.0)
+    assert second.end() is second.report  # ending again returns the same report
+
+
+def test_unknown_backend_lists_available_and_creates_nothing(tmp_path: object) -> None:
+    with pytest.raises(ValueError, match=r"'invalid_backend'.*available backends: .*mlflow"):
+        tracelet.start_logging(exp_name="x", project="p", backend="invalid_backend")
+    with pytest.raises(BackendNotFoundError):
+        tracelet.start_logging(backend=["memory", "nope"])
+    assert tracelet.get_active_experiment() is None
+    assert not __import__("pathlib").Path(".tracelet").exists()
+
+
+def test_missing_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a)
+    )
+    with pytest.raises(BackendNotInstalledError, match=r"pip install 'tracelet\[mlflow\]'"):
+        tracelet.start_logging(backend="mlflow")
+    assert find_spec is not None
+
+
+def test_config_options_are_routed_and_unknown_ones_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"'trackin_uri'.*allowed options: .*tracking_uri"):
+        tracelet.start_logging(backend="mlflow", config={"trackin_uri": "x"}, settings=QUIET)
+    with pytest.raises(ConfigError, match="must be a dict"):
+        tracelet.start_logging(backend="mlflow", config={"mlflow": "x"}, settings=QUIET)
+    exp = start(config={"tags": ["a", "b"]})
+    assert exp.active
+
+
+def test_settings_precedence_arguments_then_settings_then_env(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TRACELET_PROJECT", "from-env")
+    monkeypatch.setenv("TRACELET_BACKEND", "memory,mlflow")
+    assert TraceletSettings().backend == ["memory", "mlflow"]
+    monkeypatch.setenv("TRACELET_BACKEND", "memory")
+    monkeypatch.setenv("TRACELET_TRACK_SYSTEM", "false")
+    exp = tracelet.start_logging(exp_name="e")
+    assert exp.project == "from-env"
+    exp = tracelet.start_logging(settings=TraceletSettings(project="from-settings"))
+    assert exp.project == "from-settings"
+    exp = tracelet.start_logging(project="from-arg", settings=TraceletSettings(project="s"))
+    assert exp.project == "from-arg"
+
+
+def test_settings_reject_misspelled_fields_and_bad_values() -> None:
+    with pytest.raises(ValueError, match="track_sytem"):
+        TraceletSettings(track_sytem=False)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="metrics_interval"):
+        TraceletSettings(metrics_interval=0)
+    assert TraceletSettings(backend="mlflow, wandb").backend == ["mlflow", "wandb"]
+
+
+def test_many_threads_keep_per_metric_order() -> None:
+    import threading
+
+    exp = start()
+
+    def work(k: int) -> None:
+        for i in range(2000):
+            exp.log_metric(f"t{k}", float(i), iteration=i)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    exp.end()
+    for k in range(4):
+        assert delivered(exp).history(f"t{k}") == [(i, float(i)) for i in range(2000)]
+
+
+def test_report_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tracelet")
+    exp = start()
+    exp.log_metric("loss", 1.0)
+    exp.end()
+    assert "backend 'memory' received all 1 points" in caplog.text
