@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from tracelet.exporters._translate import NameMapper, chunks, tag_dict, truncate
+
 from tracelet.export import (
     Batch,
     ExporterOptions,
@@ -60,7 +61,10 @@ def batch_requests(
         Param(key(k), truncate("MLflow", "param", k, "None" if v is None else v, MAX_PARAM_VALUE))
         for k, v in batch.params.items()
     ]
-    tags = [RunTag(key(k), truncate("MLflow", "tag", k, v, MAX_TAG_VALUE)) for k, v in batch.tags.items()]
+    tags = [
+        RunTag(key(k), truncate("MLflow", "tag", k, v, MAX_TAG_VALUE))
+        for k, v in batch.tags.items()
+    ]
     requests: list[tuple[list[Any], list[Any], list[Any]]] = []
     for chunk in chunks(metrics, MAX_METRICS_PER_BATCH):
         requests.append((list(chunk), [], []))

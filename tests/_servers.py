@@ -64,7 +64,7 @@ class MlflowServer:
                 str(self.root / "artifacts"),
             ],
             env=env,
-            stdout=open(self.root / "server.log", "ab"),  # noqa: SIM115 - closed with the process
+            stdout=open(self.root / "server.log", "ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so stop() takes the whole tree
         )

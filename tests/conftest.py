@@ -20,7 +20,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Run in `tmp_path` (so ./.tracelet and ./mlflow.db land there), with no TRACELET_* leaking in."""
+    """Run in `tmp_path` (./.tracelet and ./mlflow.db land there); no TRACELET_* leaks in."""
     for key in list(os.environ):
         if key.startswith("TRACELET_") or key == "MLFLOW_TRACKING_URI":
             monkeypatch.delenv(key)

@@ -72,7 +72,7 @@ def test_iteration_none_continues_each_metric_from_its_previous_step() -> None:
 def test_log_metrics_shares_one_step_and_checks_all_values_first() -> None:
     exp = start()
     exp.log_metrics({"x": 1, "y": 2.5}, iteration=3)
-    with pytest.raises(TypeError, match="'z'.*str"):
+    with pytest.raises(TypeError, match=r"'z'.*str"):
         exp.log_metrics({"w": 1.0, "z": "high"}, iteration=4)
     exp.end()
     run = delivered(exp)

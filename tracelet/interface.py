@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -28,8 +29,8 @@ from tracelet import _registry
 from tracelet._delivery import Delivery
 from tracelet._experiment import Experiment
 from tracelet._history import History
-from tracelet._otel import Telemetry, resource_attributes
-from tracelet.export import RunInfo, RunStatus
+from tracelet._otel import TRACE_ID_TAG, Telemetry, export_interval_millis, resource_attributes
+from tracelet.export import RunInfo, RunStatus, TelemetryContext
 from tracelet.settings import TraceletSettings
 
 __all__ = ["get_active_experiment", "start_logging", "stop_logging"]
@@ -120,7 +121,8 @@ def _create(
     run_id = uuid.uuid4().hex
     project = settings.project or "default"
     name = settings.exp_name or time.strftime("run-%Y%m%d-%H%M%S")
-    run_dir = Path(settings.dir).absolute() / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:8]}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(settings.dir).absolute() / "runs" / f"{stamp}-{run_id[:8]}"
     run_dir.mkdir(parents=True, exist_ok=False)
     (run_dir / "run.json").write_text(
         json.dumps(
@@ -130,10 +132,19 @@ def _create(
     )
     latest: dict[str, float] = {}
     exp_ref: list[Experiment] = []
+    info = RunInfo(run_id=run_id, project=project, name=name)
+    # Telemetry backends (otlp, prometheus) feed the OTel providers; the others
+    # are trackers, each fed the history by a Delivery thread.
+    telemetry_classes = {n: c for n, c in classes.items() if _registry.is_telemetry(c)}
+    classes = {n: c for n, c in classes.items() if n not in telemetry_classes}
     telemetry = Telemetry(
         resource_attributes(run_id, project, name),
         latest,
         lambda: (exp_ref[0].step or 0, exp_ref[0]._points) if exp_ref else (0, 0),
+        backends={n: c(options[n]) for n, c in telemetry_classes.items()},
+        context=TelemetryContext(
+            info, export_interval_millis(settings.metrics_interval, os.environ)
+        ),
     )
     history = History(
         run_dir / "journal.jsonl",
@@ -141,7 +152,6 @@ def _create(
         max_buffered=settings.max_buffered_points,
         on_names=telemetry.observe,
     )
-    info = RunInfo(run_id=run_id, project=project, name=name)
     deliveries = [
         Delivery(
             backend,
@@ -166,6 +176,9 @@ def _create(
         keep_journal=settings.keep_journal,
     )
     exp_ref.append(exp)
+    telemetry.attach(history, deliveries, lambda: exp.params)
+    if telemetry.exports_traces:  # links each tracker run to the run's trace
+        exp.set_tags({TRACE_ID_TAG: telemetry.trace_id})
     for delivery in deliveries:
         delivery.start()
     return exp

@@ -1,0 +1,1 @@
+"""tracelet's benchmarks: `python -m benchmarks` (or `make bench`)."""
