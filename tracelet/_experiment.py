@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -98,6 +99,9 @@ class Experiment:
         self._end_lock = threading.Lock()
         self._close_timeout = close_timeout
         self._keep_journal = keep_journal
+        #: Stops the threads that feed the history besides the callers of
+        #: log_metric (the system sampler); run by `end` before the history closes.
+        self._feeders: list[Callable[[], None]] = []
 
     # -- logging ----------------------------------------------------------------
 
@@ -227,6 +231,11 @@ class Experiment:
             with self._lock:
                 self._closed = True
             deadline = time.monotonic() + self._close_timeout
+            for stop_feeder in self._feeders:  # their last points go in the journal too
+                try:
+                    stop_feeder()
+                except Exception as exc:
+                    _log.warning("tracelet: stopping %r failed: %r", stop_feeder, exc)
             self._history.close()
             for delivery in self._deliveries:
                 delivery.finish(status, deadline)

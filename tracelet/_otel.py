@@ -102,6 +102,11 @@ class Telemetry:
                 otel_name, [self._callback(name)], description=f"Latest value of {name!r}."
             )
 
+    def reserve(self, names: Iterable[str]) -> None:
+        """History names that get no latest-value gauge: series that other
+        instruments already carry (the ``system/`` series, see `tracelet._system`)."""
+        self._names.update(instrument_name(name) for name in names)
+
     def _callback(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         latest = self._latest
 

@@ -25,11 +25,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tracelet import _registry
+from tracelet import _provenance, _registry
 from tracelet._delivery import Delivery
 from tracelet._experiment import Experiment
 from tracelet._history import History
 from tracelet._otel import TRACE_ID_TAG, Telemetry, export_interval_millis, resource_attributes
+from tracelet._system import SystemMetrics
 from tracelet.export import RunInfo, RunStatus, TelemetryContext
 from tracelet.settings import TraceletSettings
 
@@ -137,8 +138,11 @@ def _create(
     # are trackers, each fed the history by a Delivery thread.
     telemetry_classes = {n: c for n, c in classes.items() if _registry.is_telemetry(c)}
     classes = {n: c for n, c in classes.items() if n not in telemetry_classes}
+    # Git and environment are read now: the vcs.* attributes belong on the
+    # Resource, which is fixed when the provider is created.
+    provenance = _provenance.capture(git=settings.track_git, env=settings.track_env)
     telemetry = Telemetry(
-        resource_attributes(run_id, project, name),
+        {**resource_attributes(run_id, project, name), **provenance.resource},
         latest,
         lambda: (exp_ref[0].step or 0, exp_ref[0]._points) if exp_ref else (0, 0),
         backends={n: c(options[n]) for n, c in telemetry_classes.items()},
@@ -176,6 +180,14 @@ def _create(
         keep_journal=settings.keep_journal,
     )
     exp_ref.append(exp)
+    if provenance.tags:
+        exp.set_tags(provenance.tags)
+    if settings.track_system:
+        sampler = SystemMetrics(
+            interval=settings.metrics_interval, history=history, telemetry=telemetry
+        )
+        exp._feeders.append(sampler.stop)
+        sampler.start()
     telemetry.attach(history, deliveries, lambda: exp.params)
     if telemetry.exports_traces:  # links each tracker run to the run's trace
         exp.set_tags({TRACE_ID_TAG: telemetry.trace_id})
