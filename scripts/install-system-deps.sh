@@ -2,7 +2,8 @@
 # Debian packages the end-to-end tests use; installed only when missing.
 set -euo pipefail
 need=()
-# (none yet)
+# A real Prometheus server and promtool (tests/test_prometheus.py).
+command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

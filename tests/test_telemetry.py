@@ -37,7 +37,12 @@ def test_resource_identifies_the_run_and_gauges_hold_latest_values() -> None:
     assert "diverged" not in series  # NaN is kept in the history, skipped by the gauge
     assert series["tracelet.step"] == [({}, 2999)]
     assert series["tracelet.points"] == [({}, 3002)]
-    assert all(not attrs for points in series.values() for attrs, _ in points)
+    # No step or other unbounded value as an attribute: only the tracker name on the
+    # per-backend health instruments, and the params on tracelet.run.info.
+    assert {
+        key for points in series.values() for attrs, _ in points for key in attrs
+    } <= {"tracelet.backend"}
+    assert series["tracelet.export.delivered"] == [({"tracelet.backend": "memory"}, 3002)]
 
 
 def test_otel_service_name_and_resource_attributes_are_honoured(

@@ -10,9 +10,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from tracelet.errors import BackendNotFoundError, BackendNotInstalledError, ConfigError
-from tracelet.export import ExporterOptions, TrackerExporter
+from tracelet.export import ExporterOptions, TelemetryBackend, TrackerExporter
 
 GROUP = "tracelet.exporters"
+
+#: What a backend name resolves to: a tracker exporter (fed the run's history
+#: by a delivery thread) or a telemetry backend (readers and span processors
+#: on the run's OTel providers).
+BackendClass = type[TrackerExporter] | type[TelemetryBackend]
 
 
 def available() -> list[str]:
@@ -20,15 +25,18 @@ def available() -> list[str]:
     return sorted({ep.name for ep in entry_points(group=GROUP)})
 
 
-def resolve(names: Sequence[str]) -> dict[str, type[TrackerExporter]]:
+def resolve(names: Sequence[str]) -> dict[str, BackendClass]:
     """Load the exporter class of each backend name, checking its SDK is installed.
+
+    A class is either a `TelemetryBackend` or, otherwise, a `TrackerExporter`
+    (see `is_telemetry`).
 
     Raises:
         BackendNotFoundError: a name no installed exporter provides.
         BackendNotInstalledError: the backend's extra is not installed.
     """
     found = {ep.name: ep for ep in entry_points(group=GROUP)}
-    classes: dict[str, type[TrackerExporter]] = {}
+    classes: dict[str, BackendClass] = {}
     for name in names:
         if not isinstance(name, str) or name not in found:
             raise BackendNotFoundError(
@@ -48,8 +56,13 @@ def resolve(names: Sequence[str]) -> dict[str, type[TrackerExporter]]:
     return classes
 
 
+def is_telemetry(cls: BackendClass) -> bool:
+    """True for a telemetry backend (``otlp``, ``prometheus``), False for a tracker."""
+    return isinstance(cls, type) and issubclass(cls, TelemetryBackend)
+
+
 def build_options(
-    classes: Mapping[str, type[TrackerExporter]], config: Mapping[str, Any] | None
+    classes: Mapping[str, BackendClass], config: Mapping[str, Any] | None
 ) -> dict[str, ExporterOptions]:
     """Split `config` between the backends and validate each share.
 

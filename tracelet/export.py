@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricReader
+    from opentelemetry.sdk.trace import SpanProcessor
 
 __all__ = [
     "Batch",
@@ -29,6 +34,8 @@ __all__ = [
     "MetricPoint",
     "RunInfo",
     "RunStatus",
+    "TelemetryBackend",
+    "TelemetryContext",
     "TrackerExporter",
 ]
 
@@ -133,3 +140,74 @@ class TrackerExporter(ABC):
         self, timeout_millis: float = 30_000, status: RunStatus = RunStatus.FINISHED, **kwargs: Any
     ) -> None:
         """Close the tracker run with `status`. Must accept extra keyword arguments."""
+
+
+@dataclass(frozen=True)
+class TelemetryContext:
+    """What a `TelemetryBackend` is told about the run it serves.
+
+    Attributes:
+        run: the run's identity.
+        export_interval_millis: how often a push backend should export
+            metrics: the ``metrics_interval`` setting, or ``None`` when
+            ``OTEL_METRIC_EXPORT_INTERVAL`` is set (the OTel SDK then reads it).
+    """
+
+    run: RunInfo
+    export_interval_millis: float | None
+
+
+class TelemetryBackend(ABC):
+    """Base class of the telemetry backends (``otlp``, ``prometheus``).
+
+    They are selected with the same ``backend=`` names and registered in the
+    same ``tracelet.exporters`` entry-point group as the trackers, but they do
+    not receive the run's history: they hand the run's OTel providers the
+    SDK's own metric readers and span processors, which read the telemetry
+    channel (latest values, progress, health, spans). Options, `requires`
+    and `extra` work as for `TrackerExporter`; the SDK is imported inside
+    `metric_readers` / `span_processors`, never at module import.
+
+    Lifecycle, on the thread that starts and ends the run::
+
+        backend = SomeBackend(options)           # cheap: no import, no I/O
+        readers = backend.metric_readers(ctx)    # attached to the run's MeterProvider
+        processors = backend.span_processors(ctx)  # attached to its TracerProvider
+        ...                                      # the run
+        backend.shutdown()                       # after the providers have shut down
+    """
+
+    name: ClassVar[str]
+    options: ClassVar[type[ExporterOptions]] = ExporterOptions
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str | None] = None
+    #: Longest the end-of-run flush may wait on this backend before `abort`
+    #: is called (milliseconds); ``None`` for a backend that never waits.
+    flush_timeout_millis: float | None = None
+
+    def __init__(self, options: ExporterOptions | None = None) -> None:
+        self.config = options if options is not None else self.options()
+
+    @abstractmethod
+    def metric_readers(self, context: TelemetryContext) -> Sequence[MetricReader]:
+        """The metric readers to attach to the run's ``MeterProvider``."""
+
+    def span_processors(self, context: TelemetryContext) -> Sequence[SpanProcessor]:
+        """The span processors to add to the run's ``TracerProvider`` (none by default)."""
+        return ()
+
+    def abort(self) -> None:
+        """Cut short exports still waiting or retrying (the end-of-run flush ran out of time).
+
+        Called from another thread while the providers flush; must be safe at
+        any time and more than once. Does nothing by default.
+        """
+        return None
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Release what the backend holds besides its readers and processors (a server).
+
+        Called once, after the run's providers have flushed and shut down.
+        Must accept extra keyword arguments.
+        """
+        return None
