@@ -94,7 +94,7 @@ def _train(steps: int, exp: Any, a: Any, b: Any) -> None:
         exp.log_metric("loss", float(c[0, 0]), iteration=step)
 
 
-def bench_training_loop(repeats: int, seconds: float) -> dict[str, dict[str, Any]]:
+def bench_training_loop(repeats: int, steps: int) -> dict[str, dict[str, Any]]:
     import numpy as np
 
     import tracelet
@@ -112,11 +112,8 @@ def bench_training_loop(repeats: int, seconds: float) -> dict[str, dict[str, Any
             metrics_interval=0.1, track_git=False, track_env=False
         ),
     }
-    # Calibrate the number of steps to about `seconds` with the sampler off.
     exp = tracelet.start_logging(backend="memory", settings=off)
-    t0 = time.perf_counter()
-    _train(200, exp, a, b)
-    steps = max(200, int(200 * seconds / (time.perf_counter() - t0)))
+    _train(200, exp, a, b)  # warm up
     exp.end()
 
     labels = list(configs)
@@ -218,8 +215,8 @@ HEADER = ("setting", "steps/s", "slowdown %", "min..max", "samples", "sampler CP
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=8, help="training-loop trials per setting")
-    parser.add_argument("--seconds", type=float, default=1.5, help="length of one trial")
+    parser.add_argument("--repeats", type=int, default=20, help="training-loop rounds")
+    parser.add_argument("--steps", type=int, default=2000, help="steps in one trial")
     parser.add_argument("--samples", type=int, default=500, help="samples timed per figure")
     parser.add_argument("--out", default="build/bench_system.json")
     args = parser.parse_args(argv)
@@ -232,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         os.chdir(workdir)
         try:
             cost = bench_sample_cost(args.samples)
-            loop = bench_training_loop(args.repeats, args.seconds)
+            loop = bench_training_loop(args.repeats, args.steps)
             start = bench_start_stop(max(10, args.repeats * 4), repo)
         finally:
             os.chdir(cwd)
@@ -241,8 +238,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(
         table(
-            f"Training loop: 192×192 matmul + log_metric per step, {args.repeats} rounds "
-            "(medians; slowdown against the 'off' trial of the same round)",
+            f"Training loop: {args.steps} steps of a 192×192 matmul + log_metric, "
+            f"{args.repeats} rounds (medians; slowdown against the 'off' trial of the same round)",
             HEADER,
             [
                 (
