@@ -106,6 +106,7 @@ def test_grpc_receiver_gets_resource_metrics_and_spans(
     assert latest["tracelet.export.failures"] == [({"tracelet.backend": "memory"}, 0)]
     assert latest["tracelet.history.journaled"] == [({}, 102)]
     assert latest["tracelet.history.backlog"] == [({}, 0)]
+    assert latest["tracelet.history.write_errors"] == [({}, 0)]
     assert latest["tracelet.run.info"] == [
         ({"tracelet.param.lr": 0.1, "tracelet.param.optimizer.name": "adam"}, 1)
     ]
@@ -296,10 +297,10 @@ def test_100k_points_all_in_mlflow_and_bounded_otlp_series(
 
     # Every series the receiver ever saw, over every export of the run:
     # 2 metric gauges, tracelet.step, tracelet.points, tracelet.run.info,
-    # 3 history instruments, 3 per-tracker instruments (1 tracker) = 11.
+    # 4 history instruments, 3 per-tracker instruments (1 tracker) = 12.
     series = receiver.series()
     names = sorted({name for name, _ in series})
-    assert len(series) == 11, sorted(series)
+    assert len(series) == 12, sorted(series)
     assert names == [
         "tracelet.export.delivered",
         "tracelet.export.failures",
@@ -307,6 +308,7 @@ def test_100k_points_all_in_mlflow_and_bounded_otlp_series(
         "tracelet.history.backlog",
         "tracelet.history.journaled",
         "tracelet.history.waits",
+        "tracelet.history.write_errors",
         "tracelet.points",
         "tracelet.run.info",
         "tracelet.step",

@@ -299,6 +299,12 @@ class Telemetry:
             "Times log_metric waited for the journal writer because the in-memory bound was hit.",
             lambda: history.blocked,
         )
+        counter(
+            "tracelet.history.write_errors",
+            "{error}",
+            "Failed writes of the run journal (each is retried; nothing is dropped).",
+            lambda: getattr(history, "write_errors", 0),
+        )
 
         def per_backend(read: Callable[[Delivery], int]) -> Callable[[CallbackOptions], Any]:
             return lambda _: [

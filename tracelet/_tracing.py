@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -143,7 +144,14 @@ class SpanScope:
         self._tracing = tracing
         self._name = name
         self._attributes = attributes
-        self._open: list[tuple[Span, object, int]] = []
+        self._local = threading.local()  # one stack of open spans per thread
+
+    @property
+    def _open(self) -> list[tuple[Span, object, int]]:
+        stack: list[tuple[Span, object, int]] | None = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
 
     def __enter__(self) -> Span:
         if self._tracing.closed:
