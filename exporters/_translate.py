@@ -72,3 +72,25 @@ def tag_dict(tags: dict[str, str] | list[str] | None) -> dict[str, str]:
     if isinstance(tags, dict):
         return {str(k): str(v) for k, v in tags.items()}
     return {str(t): "" for t in tags}
+
+
+def tag_labels(backend: str, tags: dict[str, str], max_len: int | None = None) -> list[str]:
+    """Key-value tags as the labels W&B and ClearML keep: ``key:value``, or ``key`` when empty.
+
+    A label longer than `max_len` is cut, with a warning.
+    """
+    labels = []
+    for key, value in tags.items():
+        label = f"{key}:{value}" if value != "" else key
+        if max_len is not None and len(label) > max_len:
+            _log.warning(
+                "tracelet: %s tag %r is %d characters; %s keeps the first %d",
+                backend,
+                label,
+                len(label),
+                backend,
+                max_len,
+            )
+            label = label[:max_len]
+        labels.append(label)
+    return labels

@@ -30,10 +30,12 @@ python3 -m venv "$scratch/venv"
 import sys
 import tracelet
 import tracelet.exporters.mlflow  # the exporters ship inside the wheel
+import tracelet.exporters.wandb, tracelet.exporters.clearml  # noqa: E401
 from tracelet import _registry
 assert tracelet.__file__.startswith(sys.prefix), tracelet.__file__
 names = _registry.available()
 assert "mlflow" in names, names
+assert {"wandb", "clearml"} <= set(names), names
 print("wheel OK:", tracelet.__version__, tracelet.__file__, "backends:", ", ".join(names))
 PY
 )

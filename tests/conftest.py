@@ -16,6 +16,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
 os.environ.setdefault("WANDB_SILENT", "true")
+# ClearML decides offline mode when it is imported; a test never reaches a server.
+os.environ.setdefault("CLEARML_OFFLINE_MODE", "1")
 
 
 @pytest.fixture(autouse=True)
@@ -46,3 +48,28 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture
+def offline_trackers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """W&B and ClearML offline, writing under `tmp_path` (as a user configures them by env).
+
+    W&B gets the lean settings of facts-backends.md (no git, code, console or
+    system-stats capture); its run files land in ``tmp_path/wandb``, ClearML's
+    offline sessions in ``tmp_path/clearml/offline``.
+    """
+    env = {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(tmp_path),
+        "WANDB_CONSOLE": "off",
+        "WANDB_DISABLE_GIT": "true",
+        "WANDB_DISABLE_CODE": "true",
+        "WANDB__DISABLE_STATS": "true",
+        "WANDB__DISABLE_META": "true",
+        "WANDB__SAVE_REQUIREMENTS": "false",
+        "CLEARML_OFFLINE_MODE": "1",
+        "CLEARML_CACHE_DIR": str(tmp_path / "clearml"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return tmp_path

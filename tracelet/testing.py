@@ -4,6 +4,9 @@
   `InMemoryExporter.runs`, keyed by tracelet run id.
 - `capture_telemetry` attaches an in-memory OTel reader to the runs started
   inside it, to read what the telemetry channel holds.
+- `read_wandb_run` and `read_clearml_session` read back what W&B and ClearML
+  stored locally (a ``.wandb`` file, an offline session), to check delivery
+  without a server.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any, ClassVar
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader
 
 from tracelet import _otel
+from tracelet._readback import ClearMLSession, WandbRun, read_clearml_session, read_wandb_run
 from tracelet.export import (
     Batch,
     ExporterOptions,
@@ -26,7 +30,16 @@ from tracelet.export import (
     TrackerExporter,
 )
 
-__all__ = ["InMemoryExporter", "MemoryRun", "TelemetryCapture", "capture_telemetry"]
+__all__ = [
+    "ClearMLSession",
+    "InMemoryExporter",
+    "MemoryRun",
+    "TelemetryCapture",
+    "WandbRun",
+    "capture_telemetry",
+    "read_clearml_session",
+    "read_wandb_run",
+]
 
 
 @dataclass
@@ -58,6 +71,10 @@ class InMemoryExporter(TrackerExporter):
 
     def start(self, run: RunInfo) -> dict[str, Any]:
         self.run = InMemoryExporter.runs.setdefault(run.run_id, MemoryRun(run))
+        tags = self.config.tags  # type: ignore[attr-defined]
+        if tags:  # config tags, as the real trackers apply them: a list is labels
+            items = tags.items() if isinstance(tags, dict) else ((t, "") for t in tags)
+            self.run.tags.update((str(k), str(v)) for k, v in items)
         return {"run_id": run.run_id}
 
     def export(self, batch: Batch, timeout_millis: float = 10_000, **kwargs: Any) -> ExportResult:

@@ -1,0 +1,145 @@
+"""Weights & Biases exporter: one W&B run per tracelet run, written with ``run.log``.
+
+- ``project`` → W&B project, ``exp_name`` → run name; the W&B run id is
+  tracelet's run id unless ``config["id"]`` names another.
+- Every point keeps its own step: rows go to W&B at tracelet's own increasing
+  ``_step`` and carry the point's step as ``tracelet/step``, the x-axis of
+  every chart (see `tracelet.exporters._wandb_translate`). Interleaved and
+  backwards-going steps all arrive; W&B's rule that drops a row whose
+  ``_step`` went back never applies.
+- Params → ``run.config``; tags → run tags (``key:value`` labels); a FAILED run
+  finishes with exit code 1, a KILLED one with 255 (W&B's code for Ctrl-C).
+- W&B's environment variables (``WANDB_MODE``, ``WANDB_DIR``,
+  ``WANDB_API_KEY``, ...) apply to whatever ``config`` leaves unset.
+- tracelet's run is its own (``reinit="create_new"``): it neither finishes nor
+  becomes the ``wandb.run`` of code that uses W&B directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from tracelet.exporters._translate import tag_dict, tag_labels
+from tracelet.exporters._wandb_translate import MAX_TAG, STEP_KEY, KeyMapper, pack_rows
+
+from tracelet.export import (
+    Batch,
+    ExporterOptions,
+    ExportResult,
+    RunInfo,
+    RunStatus,
+    TrackerExporter,
+)
+
+#: ``run.finish(exit_code=...)`` per final status; W&B shows non-zero as failed.
+EXIT_CODES = {RunStatus.FINISHED: 0, RunStatus.FAILED: 1, RunStatus.KILLED: 255}
+
+
+class WandbOptions(ExporterOptions):
+    """What ``config`` may carry for W&B (each goes to ``wandb.init``)."""
+
+    #: Team or user the run belongs to (``WANDB_ENTITY`` when unset).
+    entity: str | None = None
+    #: Run tags: a list of labels, or a dict (each item becomes ``key:value``).
+    tags: dict[str, str] | list[str] | None = None
+    #: Groups runs in the W&B UI (e.g. the workers of one distributed job).
+    group: str | None = None
+    #: The kind of run (``"train"``, ``"eval"``), for filtering.
+    job_type: str | None = None
+    #: A longer description of the run.
+    notes: str | None = None
+    #: ``online``, ``offline``, ``disabled`` or ``shared`` (``WANDB_MODE`` when unset).
+    mode: Literal["online", "offline", "disabled", "shared"] | None = None
+    #: Folder under which W&B writes ``wandb/`` (``WANDB_DIR`` when unset).
+    dir: str | None = None
+    #: W&B run id to create or continue (default: tracelet's run id).
+    id: str | None = None
+    #: W&B's resume policy for `id`: ``allow``, ``must``, ``never``, ``auto`` or a bool.
+    resume: bool | Literal["allow", "never", "must", "auto"] | None = None
+    #: Any other ``wandb.Settings`` field, e.g. ``{"console": "off"}``.
+    settings: dict[str, Any] | None = None
+
+
+class WandbExporter(TrackerExporter):
+    """Backend ``"wandb"``."""
+
+    name = "wandb"
+    options = WandbOptions
+    requires = ("wandb",)
+    extra = "wandb"
+    config: WandbOptions
+
+    def start(self, run: RunInfo) -> dict[str, Any]:
+        import wandb
+
+        cfg = self.config
+        previous = run.resume or {}
+        run_id = previous.get("run_id") or cfg.id or run.run_id
+        if cfg.dir is not None:
+            Path(cfg.dir).mkdir(parents=True, exist_ok=True)
+        # tracelet's run must not finish, or be returned instead of, a run the
+        # training code opened with wandb.init itself.
+        settings = wandb.Settings(**{**(cfg.settings or {}), "reinit": "create_new"})
+        self._labels = tag_labels("W&B", tag_dict(cfg.tags), MAX_TAG)
+        self._tags: dict[str, str] = {}  # tag key -> its label
+        self._run = wandb.init(
+            project=previous.get("project") or run.project,
+            entity=previous.get("entity") or cfg.entity,
+            name=run.name,
+            id=run_id,
+            resume="allow" if previous else cfg.resume,
+            group=cfg.group,
+            job_type=cfg.job_type,
+            notes=cfg.notes,
+            tags=self._labels or None,
+            mode=cfg.mode,
+            dir=cfg.dir,
+            settings=settings,
+        )
+        self._run.define_metric(STEP_KEY)
+        self._run.define_metric("*", step_metric=STEP_KEY)
+        self._key = KeyMapper()
+        self._next_step = self._run.step  # a resumed run goes on after its last row
+        self._partial: tuple[Any, int] | None = None
+        return {
+            "run_id": self._run.id,
+            "project": self._run.project,
+            "entity": self._run.entity or None,
+            "offline": bool(self._run.offline),
+            "sync_file": str(self._run.settings.sync_file),
+        }
+
+    @property
+    def run(self) -> Any:
+        """The ``wandb.Run`` (after `start`), e.g. to log media next to tracelet's points."""
+        return self._run
+
+    def export(self, batch: Batch, timeout_millis: float = 10_000, **kwargs: Any) -> ExportResult:
+        run = self._run
+        if batch.params:
+            run.config.update(batch.params, allow_val_change=True)
+        if batch.tags:
+            self._tags.update(zip(batch.tags, tag_labels("W&B", batch.tags, MAX_TAG), strict=True))
+            run.tags = tuple(self._labels + list(self._tags.values()))
+        if not batch.metrics:
+            return ExportResult.SUCCESS
+        rows = pack_rows(batch.metrics, self._key)
+        # A retried batch resumes after the rows a failed attempt already logged,
+        # so a retry never writes a point twice.
+        ident = (len(batch.metrics), batch.metrics[0], batch.metrics[-1])
+        done = self._partial[1] if self._partial and self._partial[0] == ident else 0
+        for row in rows[done:]:
+            self._partial = (ident, done)
+            run.log(row, step=self._next_step, commit=True)
+            self._next_step += 1
+            done += 1
+        self._partial = None
+        return ExportResult.SUCCESS
+
+    def shutdown(
+        self, timeout_millis: float = 30_000, status: RunStatus = RunStatus.FINISHED, **kwargs: Any
+    ) -> None:
+        run = getattr(self, "_run", None)
+        if run is not None:
+            run.finish(exit_code=EXIT_CODES[status])
