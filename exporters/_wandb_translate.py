@@ -51,22 +51,33 @@ def wandb_key(name: str) -> str:
 
 
 class KeyMapper:
-    """`wandb_key` with a cache, warning once for each renamed metric."""
+    """`wandb_key` with a cache, warning once for each renamed metric.
+
+    Never merges two metrics: when a renamed key is also the name of another
+    metric (``_step`` and ``metric/_step``), the later one gets a suffix
+    (``metric/_step_2``).
+    """
 
     def __init__(self) -> None:
         self._cache: dict[str, str] = {}
+        self._taken: dict[str, str] = {}  # key -> the metric it stands for
 
     def __call__(self, name: str) -> str:
         key = self._cache.get(name)
         if key is None:
-            key = wandb_key(name)
+            key = base = wandb_key(name)
+            n = 1
+            while self._taken.get(key, name) != name:
+                n += 1
+                key = f"{base}_{n}"
             if key != name:
                 _log.warning(
-                    "tracelet: W&B reserves the key %r; metric %r is stored as %r",
+                    "tracelet: W&B cannot keep the key %r apart; metric %r is stored as %r",
                     name,
                     name,
                     key,
                 )
+            self._taken[key] = name
             self._cache[name] = key
         return key
 

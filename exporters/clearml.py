@@ -171,9 +171,7 @@ class ClearMLExporter(TrackerExporter):
         report, names = self._logger.report_scalar, self._names
         for i in range(done, len(points)):
             name, value, step, _ = points[i]
-            pair = names.get(name)
-            if pair is None:
-                pair = names[name] = title_series(name)
+            pair = names.get(name) or self._pair(name)
             if not math.isfinite(value):
                 converted = scalar_value(value, cfg.nan_value, cfg.inf_value)
                 if converted is None:
@@ -184,6 +182,26 @@ class ClearMLExporter(TrackerExporter):
             report(pair[0], pair[1], value, step)
         self._partial = None
         return ExportResult.SUCCESS
+
+    def _pair(self, name: str) -> tuple[str, str]:
+        """(title, series) of a metric, never shared with another (``loss`` vs ``loss/loss``)."""
+        title, series = base = title_series(name)
+        taken = set(self._names.values())
+        n = 1
+        while (title, series) in taken:
+            n += 1
+            series = f"{base[1]}_{n}"
+        if n > 1:
+            _log.warning(
+                "tracelet: ClearML title %r, series %r already holds another metric; "
+                "metric %r is stored as series %r",
+                title,
+                base[1],
+                name,
+                series,
+            )
+        self._names[name] = (title, series)
+        return title, series
 
     def _left_out(self, name: str, step: int) -> None:
         if name in self._nan_seen:

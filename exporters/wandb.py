@@ -100,7 +100,13 @@ class WandbExporter(TrackerExporter):
         self._run.define_metric(STEP_KEY)
         self._run.define_metric("*", step_metric=STEP_KEY)
         self._key = KeyMapper()
-        self._next_step = self._run.step  # a resumed run goes on after its last row
+        # A resumed run goes on after its last row: W&B knows it online; offline
+        # it starts a new file at 0, so read where the previous file stopped
+        # (rows below it would be dropped when both files are synced).
+        self._next_step = self._run.step
+        earlier = previous.get("sync_file")
+        if earlier and earlier != str(self._run.settings.sync_file) and Path(earlier).exists():
+            self._next_step = max(self._next_step, last_step(earlier) + 1)
         self._partial: tuple[Any, int] | None = None
         return {
             "run_id": self._run.id,
@@ -143,3 +149,14 @@ class WandbExporter(TrackerExporter):
         run = getattr(self, "_run", None)
         if run is not None:
             run.finish(exit_code=EXIT_CODES[status])
+
+
+def last_step(sync_file: str) -> int:
+    """The highest ``_step`` written to a ``.wandb`` file (-1 when it holds no row)."""
+    from tracelet._readback import iter_wandb_records
+
+    last = -1
+    for record in iter_wandb_records(sync_file):
+        if record.WhichOneof("record_type") == "history":
+            last = max(last, record.history.step.num)
+    return last

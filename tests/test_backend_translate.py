@@ -77,6 +77,15 @@ def test_renamed_keys_warn_once(caplog: pytest.LogCaptureFixture) -> None:
     assert "'_step'" in caplog.records[0].getMessage()
 
 
+def test_a_renamed_key_never_merges_two_metrics() -> None:
+    key = KeyMapper()
+    assert [key("metric/_step"), key("_step"), key("metric/_step")] == [
+        "metric/_step",
+        "metric/_step_2",
+        "metric/_step",
+    ]
+
+
 def test_rows_use_the_key_mapper() -> None:
     assert pack_rows([P("_step", 3.0, 1)])[0]["metric/_step"] == 3.0
 

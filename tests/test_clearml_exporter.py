@@ -48,6 +48,16 @@ def test_project_name_type_tags_and_params(tmp_path: Path) -> None:
     assert Path(state["offline_folder"] + ".zip").exists()  # what clearml-task imports
 
 
+def test_two_metrics_never_share_a_series(caplog: pytest.LogCaptureFixture) -> None:
+    exp = tracelet.start_logging(exp_name="n", project="p", backend="clearml")
+    exp.log_metric("loss", 1.0, iteration=0)
+    exp.log_metric("loss/loss", 2.0, iteration=0)
+    with caplog.at_level(logging.WARNING, logger="tracelet"):
+        tracelet.stop_logging()
+    assert session(exp).scalars == {("loss", "loss"): [(0, 1.0)], ("loss", "loss_2"): [(0, 2.0)]}
+    assert "stored as series 'loss_2'" in caplog.text
+
+
 def test_params_section_option() -> None:
     exp = tracelet.start_logging(
         exp_name="n", project="p", backend="clearml", config={"params_section": "Args"}

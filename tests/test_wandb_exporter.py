@@ -147,3 +147,29 @@ def test_a_failed_log_call_is_retried_without_duplicates(monkeypatch: pytest.Mon
     report = exp.end()
     assert report.complete
     assert wandb_run(exp).history("loss") == [(i, float(i)) for i in range(10)]
+
+
+def test_a_resumed_offline_run_goes_on_after_its_last_row() -> None:
+    """Rows continue after the previous file's last _step.
+
+    Offline, W&B starts every file at _step 0, and rows below the first file's
+    would be dropped when both files are synced to the same run.
+    """
+    from tracelet.exporters.wandb import WandbExporter
+
+    from tracelet.export import Batch, MetricPoint, RunInfo
+
+    info = RunInfo(run_id="resumed0run", project="p", name="n")
+    first = WandbExporter()
+    state = first.start(info)
+    first.export(Batch(metrics=[MetricPoint("loss", float(i), i, 0) for i in range(5)]))
+    first.shutdown()
+    second = WandbExporter()
+    again = second.start(RunInfo(info.run_id, info.project, info.name, resume=state))
+    second.export(Batch(metrics=[MetricPoint("loss", 9.0, 9, 0)]))
+    second.shutdown()
+    wandb_written()
+    before, after = read_wandb_run(state["sync_file"]), read_wandb_run(again["sync_file"])
+    assert before.run_id == after.run_id == "resumed0run"
+    assert [r["_step"] for r in before.rows] == [0, 1, 2, 3, 4]
+    assert [(r["_step"], r["tracelet/step"], r["loss"]) for r in after.rows] == [(5, 9, 9)]
