@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 _log = logging.getLogger("tracelet")
@@ -21,22 +21,47 @@ def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
 class NameMapper:
     """Maps names to what a backend accepts, warning once per changed name.
 
+    The mapping never merges two names: when a mapped name is already taken by
+    another name (``a@b`` and ``a_b`` both becoming ``a_b``), the later one gets
+    a suffix (``a_b_2``), so each tracelet series stays a series of its own.
+
     Args:
         backend: for the warning.
         invalid: a regex of the characters the backend refuses; each becomes ``_``.
         max_len: longest name the backend stores.
+        fix: applied after the character substitution, for rules beyond
+            characters (MLflow refuses path-like names such as ``/a`` or ``a//b``).
     """
 
-    def __init__(self, backend: str, invalid: str, max_len: int) -> None:
+    def __init__(
+        self,
+        backend: str,
+        invalid: str,
+        max_len: int,
+        fix: Callable[[str], str] | None = None,
+    ) -> None:
         self._backend = backend
         self._invalid = re.compile(invalid)
         self._max_len = max_len
+        self._fix = fix
         self._cache: dict[str, str] = {}
+        self._taken: dict[str, str] = {}  # mapped name -> the name it stands for
 
     def __call__(self, name: str) -> str:
         mapped = self._cache.get(name)
         if mapped is None:
-            mapped = self._invalid.sub("_", name)[: self._max_len]
+            mapped = self._invalid.sub("_", name)
+            if self._fix is not None:
+                mapped = self._fix(mapped)
+            mapped = mapped[: self._max_len]
+            if self._fix is not None:
+                mapped = self._fix(mapped)  # a cut can leave a trailing "/"
+            base, n = mapped, 1
+            while self._taken.get(mapped, name) != name:
+                n += 1
+                suffix = f"_{n}"
+                mapped = base[: self._max_len - len(suffix)] + suffix
+            self._taken[mapped] = name
             if mapped != name:
                 _log.warning(
                     "tracelet: %s cannot store the name %r; it is stored as %r",

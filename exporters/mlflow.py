@@ -1,4 +1,4 @@
-"""MLflow exporter: one MLflow run per tracelet run, written with ``MlflowClient.log_batch``.
+r"""MLflow exporter: one MLflow run per tracelet run, written with ``MlflowClient.log_batch``.
 
 - ``project`` → MLflow experiment (created when missing), ``exp_name`` → run name.
 - Metrics keep their step and the wall-clock time of the `log_metric` call.
@@ -7,16 +7,33 @@
 - A batch retried after a half-applied request is harmless: MLflow's SQL store
   skips metrics whose (key, value, timestamp, step) it already holds.
 - MLflow's SQL stores keep NaN but store ±inf as ±1.797e308 (the float limits).
+- Names MLflow refuses are mapped, with one warning each: characters outside
+  ``[A-Za-z0-9_./\- :]`` become ``_``; path-like names lose their empty and
+  ``.`` segments (``/a`` → ``a``, ``a//b`` and ``a/./b`` → ``a/b``, ``a/`` →
+  ``a``) and ``..`` becomes ``__``; names are cut to 250
+  characters; two names that would map to the same key stay apart (``_2``).
+- Against a tracking server, each HTTP request waits at most ``http_timeout``
+  seconds and MLflow's own retries (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, minutes
+  by default) are replaced by ``http_max_retries`` for this exporter's client
+  only: tracelet retries a failed batch itself, with backoff, from the journal.
+  The environment and the user's own MLflow clients are left alone.
+- When resumed (``tracelet sync``), the run is reopened in the store it was
+  created in (the absolute tracking URI kept in its resume state), unless
+  ``tracking_uri`` is given again.
 """
 
 from __future__ import annotations
 
 import getpass
+import json
+import os
 import sys
 from typing import Any
 
+from pydantic import Field, SecretStr, field_validator
 from tracelet.exporters._translate import NameMapper, chunks, tag_dict, truncate
 
+from tracelet._secrets import redact_url
 from tracelet.export import (
     Batch,
     ExporterOptions,
@@ -46,6 +63,41 @@ class MLflowOptions(ExporterOptions):
     description: str | None = None
     #: Log into this existing MLflow run instead of creating one.
     run_id: str | None = None
+    #: Seconds one HTTP request to a tracking server may take.
+    http_timeout: float = Field(default=30.0, gt=0)
+    #: MLflow's own retries of one HTTP request (tracelet retries failed batches itself).
+    http_max_retries: int = Field(default=0, ge=0, le=10)
+    #: Bearer token for the tracking server (else ``MLFLOW_TRACKING_TOKEN``); never stored.
+    tracking_token: SecretStr | None = None
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _absolute(cls, uri: str | None) -> str | None:
+        """A relative local store (``sqlite:///mlflow.db``, ``./mlruns``) made absolute.
+
+        So the run keeps writing where it started, and ``tracelet sync`` finds
+        it from another directory.
+        """
+        return None if uri is None else absolute_uri(uri)
+
+
+def absolute_uri(uri: str) -> str:
+    """`uri` with a relative sqlite or file path resolved against the working directory."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = uri[len("sqlite:///") :]
+        if path and not path.startswith(":memory:"):
+            return "sqlite:///" + os.path.abspath(path)
+    if uri.startswith("file:") and not uri.startswith("file:/"):
+        return "file://" + os.path.abspath(uri[len("file:") :])
+    if "://" not in uri and uri not in ("databricks", "databricks-uc", "uc") and ":" not in uri:
+        return os.path.abspath(uri)  # a plain directory: MLflow's file store
+    return uri
+
+
+def fix_path_name(name: str) -> str:
+    """A name MLflow accepts as a path: empty and ``.`` segments dropped, ``..`` as ``__``."""
+    parts = ["__" if p == ".." else p for p in name.split("/") if p not in ("", ".")]
+    return "/".join(parts) or "_"
 
 
 def batch_requests(
@@ -88,8 +140,10 @@ class MLflowExporter(TrackerExporter):
     def start(self, run: RunInfo) -> dict[str, Any]:
         from mlflow import MlflowClient
 
-        self._key = NameMapper("MLflow", INVALID_KEY_CHARS, MAX_KEY)
-        self._client = MlflowClient(tracking_uri=self.config.tracking_uri)
+        self._key = NameMapper("MLflow", INVALID_KEY_CHARS, MAX_KEY, fix=fix_path_name)
+        saved_uri = (run.resume or {}).get("tracking_uri")
+        self._client = MlflowClient(tracking_uri=self.config.tracking_uri or saved_uri)
+        self._http = _bound_http(self._client, self.config)
         resume = (run.resume or {}).get("run_id") or self.config.run_id
         if resume:
             self._run_id = resume
@@ -109,7 +163,7 @@ class MLflowExporter(TrackerExporter):
                 self._experiment_id(run.project), run_name=run.name, tags=tags
             )
             self._run_id = created.info.run_id
-        return {"run_id": self._run_id, "tracking_uri": self._client.tracking_uri}
+        return {"run_id": self._run_id, "tracking_uri": absolute_uri(self._client.tracking_uri)}
 
     def _experiment_id(self, name: str) -> str:
         from mlflow.exceptions import MlflowException
@@ -131,6 +185,8 @@ class MLflowExporter(TrackerExporter):
         return self._run_id
 
     def export(self, batch: Batch, timeout_millis: float = 10_000, **kwargs: Any) -> ExportResult:
+        if self._http is not None:
+            self._http.timeout = min(self.config.http_timeout, max(1.0, timeout_millis / 1000))
         for metrics, params, tags in batch_requests(batch, self._key):
             self._client.log_batch(self._run_id, metrics=metrics, params=params, tags=tags)
         return ExportResult.SUCCESS
@@ -140,6 +196,105 @@ class MLflowExporter(TrackerExporter):
     ) -> None:
         if getattr(self, "_run_id", None) is not None:
             self._client.set_terminated(self._run_id, status=status.value)
+
+
+def _bound_http(client: Any, config: MLflowOptions) -> Any:
+    """Give `client` its own REST store with bounded HTTP; None for non-HTTP stores.
+
+    MLflow reads its retry policy from the environment at every request and
+    caches one store per URI for the whole process, so neither can be changed
+    without changing them for the user's code too. Instead this client gets a
+    private `RestStore` (same host and credentials) whose requests pass
+    ``timeout`` and ``max_retries`` explicitly.
+    """
+    try:
+        from mlflow.store.tracking.rest_store import RestStore
+        from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+        tracking = client._tracking_client
+        store = tracking.store
+    except (ImportError, AttributeError):  # pragma: no cover - another MLflow layout
+        return None
+    if type(store) is not RestStore:  # local stores, Databricks: nothing to bound
+        return None
+    bounded = _bounded_store_class(RestStore)(
+        store.get_host_creds,
+        timeout=config.http_timeout,
+        max_retries=config.http_max_retries,
+        token=config.tracking_token,
+    )
+
+    class _PinnedTrackingClient(TrackingServiceClient):  # type: ignore[misc]
+        @property
+        def store(self) -> Any:
+            return bounded
+
+        def _log_url(self, run_id: str) -> None:
+            """MLflow's "View run" lines, without the credentials a tracking URI may hold."""
+            from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+
+            if MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get():
+                return
+            run = bounded.get_run(run_id)
+            host = redact_url(bounded.get_host_creds().host.rstrip("/"))
+            experiment_url = f"{host}/#/experiments/{run.info.experiment_id}"
+            run_url = f"{experiment_url}/runs/{run_id}"
+            sys.stdout.write(f"🏃 View run {run.info.run_name} at: {run_url}\n")
+            sys.stdout.write(f"🧪 View experiment at: {experiment_url}\n")
+
+    client._tracking_client = _PinnedTrackingClient(tracking.tracking_uri)
+    return bounded
+
+
+def _bounded_store_class(rest_store: type[Any]) -> type[Any]:
+    class BoundedRestStore(rest_store):  # type: ignore[misc,valid-type]
+        """A `RestStore` whose requests carry this exporter's timeout and retries."""
+
+        def __init__(
+            self, get_host_creds: Any, *, timeout: float, max_retries: int, token: Any
+        ) -> None:
+            super().__init__(get_host_creds)
+            self.timeout = timeout
+            self.max_retries = max_retries
+            self._token = token
+
+        def _call_endpoint(
+            self,
+            api: Any,
+            json_body: Any = None,
+            endpoint: Any = None,
+            retry_timeout_seconds: Any = None,
+            response_proto: Any = None,
+        ) -> Any:
+            from mlflow.utils.proto_json_utils import parse_dict
+            from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+            v3 = api in self._V3_APIS
+            path, method = (self._V3_METHOD_TO_INFO if v3 else self._METHOD_TO_INFO)[api]
+            validate = getattr(self, "_validate_workspace_support_if_specified", None)
+            if validate is not None:
+                validate()
+            response_proto = response_proto or api.Response()
+            body = json.loads(json_body) if json_body is not None else None
+            creds = self.get_host_creds()
+            if self._token is not None:
+                creds.token = self._token.get_secret_value()
+            response = http_request(
+                creds,
+                endpoint or path,
+                method,
+                max_retries=self.max_retries,
+                backoff_factor=0,
+                timeout=self.timeout,
+                **({"params": body} if method == "GET" else {"json": body}),
+            )
+            response = verify_rest_response(response, endpoint or path)
+            if response.status_code == 204:
+                return response_proto
+            parse_dict(js_dict=json.loads(response.text), message=response_proto)
+            return response_proto
+
+    return BoundedRestStore
 
 
 def _user() -> str:

@@ -1,36 +1,48 @@
 """One delivery thread per tracker exporter: journal → exporter, retried, acknowledged.
 
 Each thread keeps its own cursor (a byte offset into the journal) and moves it
-only after the exporter accepted a batch, saving it in the run directory so a
-later ``tracelet sync`` resumes exactly there. A failing backend is retried
-with backoff; it never holds up the training loop or the other backends.
+only after the exporter accepted a batch, saving it in the run directory
+(``<backend>.state.json``, with the exporter's resume state) so a later
+``tracelet sync`` resumes exactly there. A failing backend is retried with
+exponential backoff (0.5 s doubling to 30 s); it never holds up the training
+loop or the other backends, and its points wait in the journal, not in memory.
+
+Exactly once: a batch is sent again only when its export failed (or the
+process died between an export returning and the cursor being saved, a
+window of one file write). Exporters make that harmless: MLflow's SQL store
+ignores a metric it already holds, and an exporter whose backend cannot
+de-duplicate should apply a batch all or nothing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from tracelet._history import History
+from tracelet import _secrets
 from tracelet._journal import read_batches
+from tracelet._rundir import save_json
 from tracelet.export import ExportResult, RunInfo, RunStatus, TrackerExporter
 
 _log = logging.getLogger("tracelet")
 
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 30.0
+#: Longest one `export` call is told it may take.
+_EXPORT_TIMEOUT_MS = 10_000.0
+
+__all__ = ["Delivery", "JournalSource", "save_json"]
 
 
-def save_json(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` to `path` atomically (a reader never sees half a file)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+class JournalSource(Protocol):
+    """What a delivery reads: `_history.History` in a live run, a finished file in ``sync``."""
+
+    path: Path
+    committed: int  # bytes of whole frames written so far
+    written: threading.Condition  # notified when `committed` grows
 
 
 class Delivery:
@@ -41,7 +53,7 @@ class Delivery:
         backend: str,
         exporter: TrackerExporter,
         run: RunInfo,
-        history: History,
+        history: JournalSource,
         state_path: Path,
         on_started: Callable[[], None] | None = None,
     ) -> None:
@@ -57,13 +69,20 @@ class Delivery:
         self.closed = False  # shutdown() returned
         self.error: BaseException | None = None  # the last failure, if unresolved
         self.failures = 0
-        self.resume: dict[str, Any] | None = None
+        self.resume: dict[str, Any] | None = run.resume
         self._status: RunStatus | None = None
         self._deadline = float("inf")
         self._kick = threading.Event()  # cuts a backoff sleep short when the run closes
+        self._secrets: list[str] | None = None  # masked in the saved resume state
         self._thread = threading.Thread(
             target=self._run, name=f"tracelet-export-{backend}", daemon=True
         )
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a saved ``<backend>.state.json`` (``tracelet sync``)."""
+        self.offset = int(state.get("offset", 0))
+        self.delivered = int(state.get("delivered", 0))
+        self.closed = bool(state.get("closed", False))
 
     def start(self) -> None:
         self._thread.start()
@@ -79,9 +98,20 @@ class Delivery:
     def join(self, timeout: float) -> None:
         self._thread.join(max(0.0, timeout))
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     # -- the thread -------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug here must be reported, not kill the run silently
+            self.error = exc
+            _log.exception("tracelet: delivery to %r stopped: %r", self.backend, exc)
+
+    def _loop(self) -> None:
         if not self._retry("start", self._start):
             return
         while True:
@@ -97,6 +127,7 @@ class Delivery:
         self._retry("close", self._close)
 
     def _start(self) -> None:
+        self._secrets = _secrets.known_secrets()
         self.resume = self.exporter.start(self.run)
         self.started = True
         self._save()
@@ -123,11 +154,15 @@ class Delivery:
         for batch, offset, points in read_batches(
             f, self.offset, end, self.exporter.max_batch_points
         ):
-            remaining_ms = min(10_000.0, max(0.0, self._deadline - time.monotonic()) * 1000)
-            result = self.exporter.export(batch, timeout_millis=remaining_ms or 10_000.0)
+            remaining_ms = (self._deadline - time.monotonic()) * 1000
+            timeout_ms = min(_EXPORT_TIMEOUT_MS, max(1000.0, remaining_ms))
+            result = self.exporter.export(batch, timeout_millis=timeout_ms)
             if result is not ExportResult.SUCCESS:
                 raise RuntimeError(f"exporter returned {result}")
             self.offset, self.delivered = offset, self.delivered + points
+            self._save()
+        if self.offset < end:  # only a damaged tail was left: nothing more can be read
+            self.offset = end
             self._save()
 
     def _retry(self, what: str, action: Any) -> bool:
@@ -152,7 +187,12 @@ class Delivery:
                 self.error = exc
             else:
                 if self.error is not None:
-                    _log.warning("tracelet: backend %r recovered (%s)", self.backend, what)
+                    _log.warning(
+                        "tracelet: backend %r recovered (%s) after %d failures",
+                        self.backend,
+                        what,
+                        self.failures,
+                    )
                     self.error = None
                 return True
             wait = min(backoff, self._deadline - time.monotonic())
@@ -160,6 +200,8 @@ class Delivery:
                 return False
             self._kick.wait(wait)
             self._kick.clear()
+            if time.monotonic() >= self._deadline:
+                return False
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
     def _save(self) -> None:
@@ -170,6 +212,6 @@ class Delivery:
                 "offset": self.offset,
                 "delivered": self.delivered,
                 "closed": self.closed,
-                "resume": self.resume,
+                "resume": _secrets.scrub(self.resume, self._secrets),
             },
         )

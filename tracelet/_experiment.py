@@ -11,6 +11,7 @@ thread writes the queue to the run journal; one delivery thread per backend
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tracelet import _validate
+from tracelet import _lifecycle, _rundir, _secrets, _validate
 from tracelet._delivery import Delivery
 from tracelet._history import History
 from tracelet._otel import Telemetry
@@ -79,6 +80,7 @@ class Experiment:
         latest: dict[str, float],
         close_timeout: float,
         keep_journal: bool,
+        run_lock: _rundir.RunLock | None = None,
     ) -> None:
         self.run_id = run_id
         self.name = name
@@ -100,6 +102,9 @@ class Experiment:
         self._end_lock = threading.Lock()
         self._close_timeout = close_timeout
         self._keep_journal = keep_journal
+        self._run_lock = run_lock
+        self._ending: int | None = None  # the thread running `end`, while it runs
+        _lifecycle.track(self)
         #: Stops the threads that feed the history besides the callers of
         #: log_metric (the system sampler); run by `end` before the history closes.
         self._feeders: list[Callable[[], None]] = []
@@ -119,14 +124,20 @@ class Experiment:
 
         Raises:
             TypeError: `value` is not a real number, or `iteration` not an int.
-            ValueError: an empty name or a negative iteration.
+            ValueError: an empty name, an iteration outside 0 .. 2**63-1, or
+                an int value too large for a float.
             ExperimentClosedError: the experiment has ended.
         """
         if type(name) is not str or not name:
             name = _validate.metric_name(name)
         if type(value) is not float:
-            value = float(value) if type(value) is int else _validate.metric_value(name, value)
-        if iteration is not None and (type(iteration) is not int or iteration < 0):
+            try:
+                value = float(value) if type(value) is int else _validate.metric_value(name, value)
+            except OverflowError:  # an int beyond float range
+                value = _validate.metric_value(name, value)
+        if iteration is not None and (
+            type(iteration) is not int or iteration < 0 or iteration > _validate.MAX_STEP
+        ):
             iteration = _validate.step(name, iteration)
         with self._lock:
             if self._closed:
@@ -172,7 +183,7 @@ class Experiment:
             self._check_open()
             for key, value in flat.items():
                 old = self._params.get(key, value)
-                if old != value or type(old) is not type(value):
+                if not _validate.same_param(old, value):
                     raise ParamConflictError(
                         f"param {key!r} was logged as {old!r}; it cannot change to {value!r}. "
                         f"Log it under a new name, e.g. {key + '_2'!r}"
@@ -259,11 +270,18 @@ class Experiment:
         returns the same report.
         """
         status = RunStatus(status)
+        if self._ending == threading.get_ident():  # a signal handler interrupted this thread's end
+            return self.report if self.report is not None else self._make_report(status)
         with self._end_lock:
             if self.report is not None:
                 return self.report
-            with self._lock:
-                self._closed = True
+            self._ending = threading.get_ident()
+            # A signal handler may run `end` while this thread holds the producer
+            # lock (inside log_metric): wait for it briefly, never forever.
+            locked = self._lock.acquire(timeout=1.0)
+            self._closed = True
+            if locked:
+                self._lock.release()
             deadline = time.monotonic() + self._close_timeout
             for stop_feeder in self._feeders:  # their last points go in the journal too
                 try:
@@ -282,6 +300,8 @@ class Experiment:
             except Exception as exc:  # never let telemetry cost the run its report
                 _log.warning("tracelet: OTel shutdown failed: %r", exc)
             self.report = self._make_report(status)
+            self._ending = None
+            self._record_end(self.report)
         self._log_report(self.report)
         if self.report.complete and not self._keep_journal:
             self._history.path.unlink(missing_ok=True)
@@ -295,11 +315,66 @@ class Experiment:
                 delivered=d.delivered,
                 undelivered=points - d.delivered,
                 closed=d.closed,
-                error=None if d.error is None else repr(d.error),
+                error=None if d.error is None else _secrets.redact(repr(d.error)),
             )
             for d in self._deliveries
         ]
         return RunReport(self.run_id, status, points, self.run_dir, backends)
+
+    def _record_end(self, report: RunReport) -> None:
+        """Keep the final status in run.json (``tracelet sync`` closes runs with it).
+
+        The run directory is unlocked for ``tracelet sync`` unless a delivery
+        thread is still inside an export call past the deadline (then it
+        stays locked until this process exits).
+        """
+        try:
+            _rundir.update_run(
+                self.run_dir,
+                status=report.status.value,
+                points=report.points,
+                complete=report.complete,
+            )
+        except OSError as exc:
+            _log.warning("tracelet: cannot record the end of run %s: %r", self.run_id, exc)
+        for delivery in self._deliveries:  # one leaving its last backoff at the deadline
+            if delivery.alive:
+                delivery.join(0.5)
+        if self._run_lock is not None and not any(d.alive for d in self._deliveries):
+            self._run_lock.release()
+
+    def _forget_in_child(self) -> None:
+        """In a forked child: make this copy inert (see `tracelet._lifecycle`).
+
+        Logging calls become no-ops that warn once, `end` does nothing, and
+        the copy never touches the parent's journal, backends or locks.
+        """
+        self._closed = True
+        self._lock = threading.Lock()
+        self._end_lock = threading.Lock()
+        self._history.forget_in_child()
+        if self._run_lock is not None:
+            self._run_lock.forget_in_child()
+        warned: list[bool] = []
+        name, pid = self.name, os.getpid()
+
+        def ignored(*args: Any, **kwargs: Any) -> None:
+            if not warned:
+                warned.append(True)
+                _log.warning(
+                    "tracelet: process %d is a fork of the process running experiment %r; "
+                    "what it logs is not recorded (log from the parent process)",
+                    pid,
+                    name,
+                )
+
+        def child_end(status: RunStatus | str = RunStatus.FINISHED) -> RunReport:
+            return RunReport(self.run_id, RunStatus(status), 0, self.run_dir, [])
+
+        for method in ("log_metric", "log_metrics", "log_params", "log_param"):
+            setattr(self, method, ignored)
+        self.set_tags = self.set_tag = ignored  # type: ignore[method-assign]
+        self.end = child_end  # type: ignore[method-assign]
 
     def _log_report(self, report: RunReport) -> None:
         for b in report.backends:

@@ -10,16 +10,24 @@ killed process is simply not yet a frame::
 
 NaN and inf are written as the JSON extensions ``NaN`` / ``Infinity``, which
 `json.loads` reads back exactly.
+
+Only complete lines are frames: a reader stops at a line without its ``\n``
+(the writer is still writing it, or was killed half-way), so nothing torn is
+ever delivered. A complete line that does not decode (a damaged disk block)
+is skipped with an error, never retried forever.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from tracelet.export import Batch, MetricPoint
+
+_log = logging.getLogger("tracelet")
 
 #: Metric points per frame; also the most a delivery thread reads at once.
 FRAME_POINTS = 1000
@@ -81,13 +89,39 @@ def read_batches(
         line = f.readline()
         if not line.endswith(b"\n"):  # nothing more, or a torn last write
             break
+        try:
+            points += add_frame(batch, line)
+        except (ValueError, TypeError, KeyError) as exc:
+            _log.error(
+                "tracelet: skipping a damaged journal frame at byte %d of %s: %r",
+                offset,
+                getattr(f, "name", "the journal"),
+                exc,
+            )
         offset += len(line)
-        points += add_frame(batch, line)
         if points >= max_points:
             yield batch, offset, points
             batch, points = Batch(), 0
     if len(batch):
         yield batch, offset, points
+
+
+def complete_size(path: Path) -> int:
+    """Bytes of `path` up to the end of its last complete frame (a torn tail excluded)."""
+    with path.open("rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        chunk = 1 << 16
+        end = size
+        while end > 0:  # find the last newline, reading backwards
+            start = max(0, end - chunk)
+            f.seek(start)
+            data = f.read(end - start)
+            newline = data.rfind(b"\n")
+            if newline >= 0:
+                return start + newline + 1
+            end = start
+    return 0
 
 
 def count_points(path: Path, offset: int = 0) -> int:

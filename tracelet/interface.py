@@ -13,7 +13,6 @@ with tracelet.start_logging(exp_name="baseline", project="mnist") as exp:
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tracelet import _provenance, _registry
+from tracelet import _lifecycle, _provenance, _registry, _rundir, _secrets
 from tracelet._delivery import Delivery
 from tracelet._experiment import Experiment
 from tracelet._history import History
@@ -93,12 +92,16 @@ def start_logging(
     # Everything that can be wrong is checked before anything is created.
     classes = _registry.resolve(resolved.backend)
     options = _registry.build_options(classes, {**resolved.config, **(config or {})})
+    for source in (resolved.config, config):  # masked wherever they might show up
+        _secrets.register_from(source)
 
     with _lock:
         if _active is not None:
             _end(_active, RunStatus.FINISHED)
         exp = _create(resolved, classes, options)
         _set_active(exp)
+    if resolved.handle_signals:
+        _lifecycle.install_signal_handlers(_end_on_signal)
     return exp
 
 
@@ -125,11 +128,15 @@ def _create(
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(settings.dir).absolute() / "runs" / f"{stamp}-{run_id[:8]}"
     run_dir.mkdir(parents=True, exist_ok=False)
-    (run_dir / "run.json").write_text(
-        json.dumps(
-            {"run_id": run_id, "project": project, "name": name, "backends": list(classes)},
-            indent=1,
-        )
+    run_lock = _rundir.RunLock(run_dir)  # held while this process owns the run (tracelet sync)
+    run_lock.acquire()
+    _rundir.write_run(  # what `tracelet sync` needs to finish the run elsewhere; no secrets
+        run_dir,
+        run_id=run_id,
+        project=project,
+        name=name,
+        backends=list(classes),
+        options={n: _secrets.public_options(options[n]) for n in classes},
     )
     latest: dict[str, float] = {}
     exp_ref: list[Experiment] = []
@@ -178,6 +185,7 @@ def _create(
         latest=latest,
         close_timeout=settings.close_timeout,
         keep_journal=settings.keep_journal,
+        run_lock=run_lock,
     )
     exp_ref.append(exp)
     if provenance.tags:
@@ -208,6 +216,28 @@ def _end(exp: Experiment, status: RunStatus) -> None:
         exp.end(status)
         if _active is exp:
             _active = None
+    _lifecycle.after_end()  # a SIGTERM that arrived while this thread was ending the run
+
+
+def _end_on_signal() -> bool:
+    """End the active run KILLED (SIGTERM); False when this thread is already ending it."""
+    exp = _active
+    if exp is None:
+        return True
+    if exp._ending == threading.get_ident():
+        return False
+    _end(exp, RunStatus.KILLED)
+    return True
+
+
+def _forget_active_in_child() -> None:
+    """In a forked child: no active run (its copy is inert), fresh lock."""
+    global _lock, _active
+    _lock = threading.RLock()
+    _active = None
+
+
+_lifecycle.on_fork_child(_forget_active_in_child)
 
 
 _hooks_installed = False
@@ -230,6 +260,7 @@ def _install_hooks() -> None:
 
     sys.excepthook = excepthook
     atexit.register(_at_exit)
+    _secrets.install_log_filter()
 
 
 def _exit_hook_first() -> None:
@@ -245,4 +276,10 @@ def _exit_hook_first() -> None:
 def _at_exit() -> None:
     exp = _active
     if exp is not None:
-        _end(exp, RunStatus.FAILED if _uncaught is not None else RunStatus.FINISHED)
+        if _lifecycle.received is not None or isinstance(_uncaught, KeyboardInterrupt):
+            status = RunStatus.KILLED  # stopped by a signal or Ctrl-C
+        elif _uncaught is not None:
+            status = RunStatus.FAILED
+        else:
+            status = RunStatus.FINISHED
+        _end(exp, status)

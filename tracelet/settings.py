@@ -66,6 +66,10 @@ class TraceletSettings(BaseSettings):
         default=False,
         description="Keep the run's journal after every backend received every point.",
     )
+    handle_signals: bool = Field(
+        default=True,
+        description="On SIGTERM, end the run (KILLED) before the process terminates.",
+    )
 
     @field_validator("backend", mode="before")
     @classmethod
