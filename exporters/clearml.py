@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any, Literal
 
 from tracelet.exporters._clearml_translate import (
@@ -46,6 +47,9 @@ from tracelet.export import (
 )
 
 _log = logging.getLogger("tracelet")
+
+#: Where ClearML marks the process that owns the task (its own name and the old one).
+_MASTER_ENV = ("CLEARML_PROC_MASTER_ID", "TRAINS_PROC_MASTER_ID")
 
 TaskType = Literal[
     "training",
@@ -120,6 +124,7 @@ class ClearMLExporter(TrackerExporter):
             current.set_tags(self._labels)
         else:
             resume = previous or cfg.continue_last_task
+            self._master_env = {k: os.environ.get(k) for k in _MASTER_ENV}
             self._task = Task.init(
                 project_name=run.project,
                 task_name=run.name,
@@ -135,6 +140,13 @@ class ClearMLExporter(TrackerExporter):
                 auto_resource_monitoring=cfg.auto_resource_monitoring,
                 auto_connect_streams=cfg.auto_connect_streams,
             )
+            if not isinstance(self._task, Task):
+                raise RuntimeError(
+                    "ClearML returned a stub instead of a task: it takes this process for a "
+                    "child of the process named in CLEARML_PROC_MASTER_ID="
+                    f"{os.environ.get('CLEARML_PROC_MASTER_ID')!r} (inherited from the process "
+                    "that started this one); remove that variable from this process's environment"
+                )
             if resume:
                 # ClearML offsets a continued task's iterations; tracelet's steps stay exact.
                 self._task.set_initial_iteration(0)
@@ -238,6 +250,14 @@ class ClearMLExporter(TrackerExporter):
             task.mark_failed(status_reason="tracelet: the run ended FAILED", force=True)
         elif status is RunStatus.KILLED:
             task.stopped(force=True, status_reason="tracelet: the run was interrupted (KILLED)")
+        # Task.init marks this process as ClearML's "master" in the environment, and
+        # close() leaves "<pid>:" there; a process started later inherits it and its
+        # Task.init returns a stub. Put the environment back as it was.
+        for key, value in getattr(self, "_master_env", {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _report_from_threads(task_cls: Any) -> None:

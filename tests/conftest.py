@@ -72,4 +72,9 @@ def offline_trackers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    # ClearML's Task.init marks this process as the "master" in the environment;
+    # a later test's child process would inherit it (and get a stub task).
+    for key in ("CLEARML_PROC_MASTER_ID", "TRAINS_PROC_MASTER_ID"):
+        monkeypatch.setenv(key, "")  # so that monkeypatch restores the original after the test
+        monkeypatch.delenv(key)
     return tmp_path

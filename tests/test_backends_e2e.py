@@ -127,8 +127,7 @@ CHILD = """
     interface._exit_hook_first = hook
     exp = tracelet.start_logging(exp_name="no-stop", project="exit", backend=["wandb", "clearml"])
     if wait_for_start:  # both SDKs have registered their exit hooks by now
-        started.acquire()
-        started.acquire()
+        assert started.acquire(timeout=120) and started.acquire(timeout=120)
     for i in range(3000):
         exp.log_metric("loss", float(i), iteration=3000 - i)
     if fail:

@@ -13,6 +13,7 @@ from tracelet.exporters._clearml_translate import FLOAT32_MAX
 
 import tracelet
 from tests._trackers import starts_seen, state_of
+from tracelet import TraceletSettings
 from tracelet.testing import ClearMLSession, read_clearml_session
 
 pytestmark = pytest.mark.usefixtures("offline_trackers")
@@ -217,3 +218,31 @@ def test_no_clearml_thread_is_left_behind() -> None:
     exp.end()
     left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
     assert left == []
+
+
+def test_a_process_started_after_the_run_gets_a_real_task(tmp_path: Path) -> None:
+    """ClearML leaves CLEARML_PROC_MASTER_ID behind; a child inheriting it gets a stub task."""
+    import os
+    import subprocess
+    import sys
+
+    exp = tracelet.start_logging(exp_name="parent", project="p", backend="clearml")
+    exp.end()
+    assert "CLEARML_PROC_MASTER_ID" not in os.environ
+    child = (
+        "import tracelet; exp = tracelet.start_logging(exp_name='child', project='p', "
+        "backend='clearml', settings=tracelet.TraceletSettings(close_timeout=20)); "
+        "exp.log_metric('loss', 1.0); r = exp.end(); assert r.complete, r"
+    )
+    subprocess.run([sys.executable, "-c", child], cwd=tmp_path, check=True, timeout=120)
+
+
+def test_a_stub_task_is_an_error_that_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLEARML_PROC_MASTER_ID", "1:")  # as inherited from a ClearML parent
+    exp = tracelet.start_logging(
+        exp_name="n", project="p", backend="clearml", settings=TraceletSettings(close_timeout=1)
+    )
+    exp.log_metric("loss", 1.0)
+    (report,) = exp.end().backends
+    assert not report.closed
+    assert "CLEARML_PROC_MASTER_ID='1:'" in (report.error or "")
