@@ -44,6 +44,7 @@ def wait_until(predicate: object, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_backend_down_at_exit_is_reported_kept_and_synced(
     server: MlflowServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

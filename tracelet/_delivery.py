@@ -1,17 +1,26 @@
 """One delivery thread per tracker exporter: journal → exporter, retried, acknowledged.
 
 Each thread keeps its own cursor (a byte offset into the journal) and moves it
-only after the exporter accepted a batch, saving it in the run directory
-(``<backend>.state.json``, with the exporter's resume state) so a later
-``tracelet sync`` resumes exactly there. A failing backend is retried with
-exponential backoff (0.5 s doubling to 30 s); it never holds up the training
-loop or the other backends, and its points wait in the journal, not in memory.
+only after the exporter accepted a batch. The cursor it saves in the run
+directory (``<backend>.state.json``, with the exporter's resume state) is the
+*durable* one: it moves past a batch only once ``exporter.force_flush()``
+returned True after it (at most every `DURABLE_EVERY` seconds, and at close),
+because some SDKs buffer what they accepted (ClearML holds events in memory
+until it flushes). A later ``tracelet sync`` resumes there, so nothing an SDK
+had not yet written is lost with the process.
 
-Exactly once: a batch is sent again only when its export failed (or the
-process died between an export returning and the cursor being saved, a
-window of one file write). Exporters make that harmless: MLflow's SQL store
-ignores a metric it already holds, and an exporter whose backend cannot
-de-duplicate should apply a batch all or nothing.
+A failing backend is retried with exponential backoff (0.5 s doubling to
+30 s); it never holds up the training loop or the other backends, and its
+points wait in the journal, not in memory.
+
+Exactly once: in a live process a batch is sent again only after its export
+failed; an exporter must make that retry harmless (MLflow's SQL store ignores
+a metric it already holds; the W&B exporter skips the rows a failed attempt
+wrote). After a crash, ``tracelet sync`` re-sends what follows the durable
+cursor: at most `DURABLE_EVERY` seconds of points, some of which the backend
+may hold already. MLflow ignores those; an exporter whose backend does not
+de-duplicate should, when started with ``run.resume``, skip points it already
+stored.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ from tracelet.export import ExportResult, RunInfo, RunStatus, TrackerExporter
 _log = logging.getLogger("tracelet")
 
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 30.0
+#: Longest a delivered batch waits for ``force_flush`` before the saved cursor passes it.
+DURABLE_EVERY = 1.0
 #: Longest one `export` call is told it may take.
 _EXPORT_TIMEOUT_MS = 10_000.0
 
@@ -63,8 +74,11 @@ class Delivery:
         self.history = history
         self.state_path = state_path
         self._on_started = on_started
-        self.offset = 0
-        self.delivered = 0  # metric points the exporter accepted
+        self.offset = 0  # the durable cursor: the exporter flushed everything before it
+        self.delivered = 0  # metric points before `offset`
+        self._sent_offset = 0  # where reading goes on: accepted, maybe not yet flushed
+        self._sent = 0
+        self._last_durable = time.monotonic()
         self.started = False
         self.closed = False  # shutdown() returned
         self.error: BaseException | None = None  # the last failure, if unresolved
@@ -80,8 +94,8 @@ class Delivery:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a saved ``<backend>.state.json`` (``tracelet sync``)."""
-        self.offset = int(state.get("offset", 0))
-        self.delivered = int(state.get("delivered", 0))
+        self.offset = self._sent_offset = int(state.get("offset", 0))
+        self.delivered = self._sent = int(state.get("delivered", 0))
         self.closed = bool(state.get("closed", False))
 
     def start(self) -> None:
@@ -116,14 +130,26 @@ class Delivery:
             return
         while True:
             with self.history.written:
-                while self.offset >= self.history.committed and self._status is None:
-                    self.history.written.wait()
+                while self._sent_offset >= self.history.committed and self._status is None:
+                    if self._sent_offset == self.offset:
+                        self.history.written.wait()
+                        continue
+                    wait = self._last_durable + DURABLE_EVERY - time.monotonic()
+                    if wait <= 0:
+                        break  # idle with an unflushed tail: flush it now
+                    self.history.written.wait(wait)
                 finishing = self._status is not None
                 end = self.history.committed
             if not self._deliver_to(end):
                 return
-            if finishing and self.offset >= self.history.committed:
+            if finishing and self._sent_offset >= self.history.committed:
                 break
+            if (
+                self._sent_offset > self.offset
+                and time.monotonic() - self._last_durable >= DURABLE_EVERY
+                and not self._retry("flush", self._make_durable)
+            ):
+                return
         self._retry("close", self._close)
 
     def _start(self) -> None:
@@ -134,17 +160,28 @@ class Delivery:
         if self._on_started is not None:
             self._on_started()
 
+    def _make_durable(self) -> None:
+        """Flush the exporter; then the saved cursor may pass what it accepted."""
+        remaining_ms = min(_EXPORT_TIMEOUT_MS, (self._deadline - time.monotonic()) * 1000)
+        if not self.exporter.force_flush(max(1000.0, remaining_ms)):
+            raise RuntimeError("force_flush did not complete")
+        self.offset, self.delivered = self._sent_offset, self._sent
+        self._last_durable = time.monotonic()
+        self._save()
+
     def _close(self) -> None:
         assert self._status is not None
         remaining_ms = max(0.0, self._deadline - time.monotonic()) * 1000
-        self.exporter.force_flush(remaining_ms)
+        if not self.exporter.force_flush(remaining_ms):
+            raise RuntimeError("force_flush did not complete")
+        self.offset, self.delivered = self._sent_offset, self._sent
         self.exporter.shutdown(timeout_millis=remaining_ms, status=self._status)
         self.closed = True
         self._save()
 
     def _deliver_to(self, end: int) -> bool:
         with self.history.path.open("rb") as f:
-            while self.offset < end:
+            while self._sent_offset < end:
                 ok = self._retry("export", lambda: self._export_from(f, end))
                 if not ok:
                     return False
@@ -152,18 +189,18 @@ class Delivery:
 
     def _export_from(self, f: Any, end: int) -> None:
         for batch, offset, points in read_batches(
-            f, self.offset, end, self.exporter.max_batch_points
+            f, self._sent_offset, end, self.exporter.max_batch_points
         ):
             remaining_ms = (self._deadline - time.monotonic()) * 1000
             timeout_ms = min(_EXPORT_TIMEOUT_MS, max(1000.0, remaining_ms))
             result = self.exporter.export(batch, timeout_millis=timeout_ms)
             if result is not ExportResult.SUCCESS:
                 raise RuntimeError(f"exporter returned {result}")
-            self.offset, self.delivered = offset, self.delivered + points
-            self._save()
-        if self.offset < end:  # only a damaged tail was left: nothing more can be read
-            self.offset = end
-            self._save()
+            self._sent_offset, self._sent = offset, self._sent + points
+            if time.monotonic() - self._last_durable >= DURABLE_EVERY:
+                self._make_durable()
+        if self._sent_offset < end:  # only a damaged tail was left: nothing more to read
+            self._sent_offset = end
 
     def _retry(self, what: str, action: Any) -> bool:
         """Run `action` until it succeeds; False once the close deadline has passed."""

@@ -1,0 +1,121 @@
+"""kill -9 with MLflow, W&B and ClearML at once, then `tracelet sync`: each tracker resumes its run.
+
+Each tracker run is reopened from the resume state its exporter returned
+(``RunInfo.resume``) and receives, from the durable cursor on, what it had not
+made durable before the kill. No journaled point may be missing anywhere.
+MLflow ignores what it already holds, so it holds each point exactly once;
+for W&B and ClearML that needs their exporters to skip, on resume, the points
+of the replay window they already stored (see docs/concepts/reliability.md).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests._reliability import run_cli, spawn
+
+CHILD = """
+import json, os, time, tracelet
+from tracelet import TraceletSettings
+s = TraceletSettings(track_system=False, track_git=False, track_env=False)
+exp = tracelet.start_logging("crash", "crash", backend=["mlflow", "wandb", "clearml"],
+    config={"mlflow": {"tracking_uri": os.environ["TEST_URI"]},
+            "wandb": {"mode": "offline", "dir": os.environ["TEST_WANDB"]}}, settings=s)
+exp.log_params({"lr": 0.1})
+i = 0
+while True:
+    exp.log_metric("loss", 1.0 / (i + 1), iteration=i)
+    i += 1
+    if i == 20_000:  # every backend has some of it: each has a run to resume
+        while not all(d.delivered >= 5_000 for d in exp._deliveries):
+            time.sleep(0.05)
+        with open("ready.tmp", "w") as f:
+            json.dump({"run_dir": str(exp.run_dir), "run_id": exp.run_id}, f)
+        os.replace("ready.tmp", "ready")
+    if i > 20_000 and i % 20 == 0:
+        time.sleep(0.0005)
+"""
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    pytest.importorskip("wandb")
+    pytest.importorskip("clearml")
+    tmp = tmp_path_factory.mktemp("crash")
+    env = {
+        "TEST_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+        "TEST_WANDB": str(tmp / "wandb"),
+        "CLEARML_OFFLINE_MODE": "1",
+        "CLEARML_CACHE_DIR": str(tmp / "clearml"),
+        "WANDB_SILENT": "true",
+        "WANDB_ERROR_REPORTING": "false",
+    }
+    proc = spawn(CHILD, tmp, **env)
+    deadline = time.monotonic() + 300
+    while not (tmp / "ready").exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)  # points in flight at the kill
+    proc.kill()
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    ready = json.loads((tmp / "ready").read_text())
+    run_dir = Path(ready["run_dir"])
+    states = {
+        b: json.loads((run_dir / f"{b}.state.json").read_text())
+        for b in ("mlflow", "wandb", "clearml")
+    }
+    synced = run_cli("sync", str(run_dir), cwd=tmp, **env)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    after = {
+        b: json.loads((run_dir / f"{b}.state.json").read_text()) for b in ("wandb", "clearml")
+    }
+    total = int(synced.stdout.split(" points,")[0].rsplit(",", 1)[-1].strip())
+    return {"states": states, "after": after, "total": total, "tmp": tmp}
+
+
+def _steps(crashed: dict[str, Any]) -> dict[str, list[int]]:
+    from tests._trackers import read_clearml, read_mlflow
+    from tracelet.testing import read_wandb_run
+
+    states, after = crashed["states"], crashed["after"]
+    steps = {"mlflow": [s for s, _ in read_mlflow(states["mlflow"]["resume"]).series["loss"]]}
+    steps["clearml"] = [s for s, _ in read_clearml(after["clearml"]["resume"]).series["loss"]]
+    wandb_steps: list[int] = []
+    files = {states["wandb"]["resume"]["sync_file"], after["wandb"]["resume"]["sync_file"]}
+    for path in sorted(files):  # the run before the kill, and its resumed part
+        wandb_steps += [s for s, _ in read_wandb_run(path).history("loss")]
+    steps["wandb"] = wandb_steps
+    return steps
+
+
+@pytest.mark.slow
+def test_no_journaled_point_is_lost_in_any_tracker(crashed: dict[str, Any]) -> None:
+    total = crashed["total"]
+    assert total >= 20_000
+    for backend, steps in _steps(crashed).items():
+        assert set(steps) == set(range(total)), f"{backend}: points lost"
+        dupes = sum(n - 1 for n in Counter(steps).values())
+        print(f"\n{backend}: {len(set(steps))} of {total} points, {dupes} stored twice")
+    mlflow = _steps(crashed)["mlflow"]
+    assert len(mlflow) == total  # exactly once
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="W&B and ClearML keep the replayed window's points again after a kill -9 "
+    "unless their exporters skip what they already stored when resumed",
+    strict=False,
+)
+def test_wandb_and_clearml_hold_each_point_once_after_a_crash(crashed: dict[str, Any]) -> None:
+    steps = _steps(crashed)
+    for backend in ("wandb", "clearml"):
+        assert len(steps[backend]) == len(set(steps[backend])), backend
