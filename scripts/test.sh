@@ -39,6 +39,7 @@ assert {"wandb", "clearml"} <= set(names), names
 print("wheel OK:", tracelet.__version__, tracelet.__file__, "backends:", ", ".join(names))
 PY
 )
+"$scratch/venv/bin/tracelet" --version  # the console script (tracelet sync) is installed
 
 step "docs (mkdocs --strict)"
 .venv/bin/mkdocs build --strict --quiet --site-dir build/site
