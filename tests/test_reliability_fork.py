@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests._reliability import (
     mlflow_run,
     spawn,
 )
+from tracelet import _lifecycle
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -69,14 +71,18 @@ def test_a_child_forked_while_locks_are_held_does_not_hang_or_write(
             active = tracelet.get_active_experiment()
             tracelet.stop_logging()
             report = exp.end()
-            out.write_text(json.dumps({"active": active is not None, "points": report.points}))
+            ours = signal.getsignal(signal.SIGTERM) is _lifecycle._handle
+            out.write_text(
+                json.dumps({"active": active is not None, "points": report.points, "ours": ours})
+            )
             code = 0
         finally:
             os._exit(code)
     release.set()
     t.join()
     assert wait_child(pid) == 0
-    assert json.loads(out.read_text()) == {"active": False, "points": 0}
+    assert json.loads(out.read_text()) == {"active": False, "points": 0, "ours": False}
+    assert signal.getsignal(signal.SIGTERM) is _lifecycle._handle  # the parent keeps it
 
     assert tracelet.get_active_experiment() is exp  # the parent's run goes on
     for i in range(1000, 2000):
@@ -101,8 +107,12 @@ def test_fork_pool_workers_see_no_active_run(tmp_path: Path, mlflow_uri: str) ->
     )
     exp.log_metric("loss", 1.0, iteration=0)
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(2) as pool:
+    pool = ctx.Pool(2)
+    try:
         results = pool.map(_worker, range(8))
+    finally:
+        pool.close()  # workers leave on their own, as a DataLoader's do
+        pool.join()
     assert results == [(True, k * k) for k in range(8)]
     exp.log_metric("loss", 2.0, iteration=1)
     report = exp.end()

@@ -15,7 +15,9 @@
 - **fork**: a forked child (a DataLoader worker) gets an inert copy of every
   open experiment: its logging calls do nothing (with one warning), it never
   writes the parent's journal, never ends the parent's run, and owns fresh
-  locks, so nothing inherited from the parent's threads can hang it.
+  locks, so nothing inherited from the parent's threads can hang it. The
+  child's signal handlers are put back as they were before tracelet's (a
+  pool terminating its workers with SIGTERM gets the behaviour it expects).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ _end_active: Callable[[], bool] | None = None
 received: int | None = None
 #: A signal that arrived while this very thread was ending the run; re-raised after.
 _deferred: int | None = None
+#: Signals whose previous handler is being called (it may call tracelet's again).
+_calling: set[int] = set()
 
 
 def track(exp: Experiment) -> None:
@@ -86,8 +90,14 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     global received, _deferred
     received = signum
     previous = _previous.get(signum, signal.SIG_DFL)
-    if callable(previous) and previous is not _handle:
-        previous(signum, frame)  # the application's handler decides; the run ends at exit
+    if callable(previous) and previous is not _handle and signum not in _calling:
+        # The application's handler decides; the run ends at exit. A handler
+        # that itself chains back to tracelet's lands below (no recursion).
+        _calling.add(signum)
+        try:
+            previous(signum, frame)
+        finally:
+            _calling.discard(signum)
         return
     _log.warning("tracelet: received %s; ending the run", signal.Signals(signum).name)
     ended = True
@@ -122,6 +132,24 @@ def _terminate(signum: int) -> None:
 def _after_fork_in_child() -> None:
     global received, _deferred
     received = _deferred = None
+    _calling.clear()
+    for signum, previous in list(_previous.items()):  # the child has no run to end
+        try:
+            if signal.getsignal(signum) is _handle:
+                signal.signal(signum, previous)
+        except (ValueError, OSError, TypeError):  # pragma: no cover - not the main thread
+            pass
+    _previous.clear()
+    # The child has no run to end: give SIGTERM back its previous action. With a
+    # Python-level handler left in place, a child blocked on a lock inherited from
+    # another thread of the parent could never be terminated (multiprocessing's
+    # Pool.terminate would wait on it forever).
+    for signum, previous in _previous.items():
+        try:
+            if signal.getsignal(signum) is _handle:
+                signal.signal(signum, previous)
+        except (ValueError, OSError):  # pragma: no cover - not the main thread
+            pass
     for hook in list(_child_hooks):
         try:
             hook()
