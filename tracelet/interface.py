@@ -102,6 +102,7 @@ def start_logging(
         _set_active(exp)
     if resolved.handle_signals:
         _lifecycle.install_signal_handlers(_end_on_signal)
+    _secrets.install_log_filter()  # also on "tracelet.*" loggers created since the last run
     return exp
 
 
