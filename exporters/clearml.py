@@ -150,6 +150,7 @@ class ClearMLExporter(TrackerExporter):
             if resume:
                 # ClearML offsets a continued task's iterations; tracelet's steps stay exact.
                 self._task.set_initial_iteration(0)
+        _stop_following_forks()
         self._task.set_user_properties(tracelet_run_id=run.run_id)
         self._logger = self._task.get_logger()
         self._names: dict[str, tuple[str, str]] = {}
@@ -258,6 +259,23 @@ class ClearMLExporter(TrackerExporter):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _stop_following_forks() -> None:
+    """Keep ClearML out of forked children (DataLoader and ``multiprocessing`` workers).
+
+    With a task open, ClearML patches ``fork`` and, in every child, installs its
+    own signal handlers; they swallow SIGTERM, so ``multiprocessing.Pool``'s
+    ``terminate()`` (run when a ``with Pool(...)`` block ends) waits forever on
+    its workers. tracelet's run is inert in children anyway, so the children
+    need no ClearML task.
+    """
+    try:
+        from clearml.binding.environ_bind import PatchOsFork
+
+        PatchOsFork.patch_fork(None)
+    except Exception as exc:  # a ClearML without that hook: nothing to undo
+        _log.debug("tracelet: could not stop ClearML following forks: %r", exc)
 
 
 def _report_from_threads(task_cls: Any) -> None:
