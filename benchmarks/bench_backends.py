@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks._util import quiet_env, table, write_json
+from benchmarks._util import offline_vars, quiet_env, table, write_json
 
 TRACKERS = ["mlflow", "wandb", "clearml"]
 NAMES = ("train/loss", "val/loss", "lr")
@@ -41,20 +41,7 @@ NAMES = ("train/loss", "val/loss", "lr")
 def offline_env(workdir: Path) -> None:
     """W&B and ClearML offline, writing under `workdir`; set before either is imported."""
     quiet_env()
-    os.environ.update(
-        WANDB_MODE="offline",
-        WANDB_DIR=str(workdir),
-        WANDB_SILENT="true",
-        WANDB_ERROR_REPORTING="false",
-        WANDB_CONSOLE="off",
-        WANDB_DISABLE_GIT="true",
-        WANDB_DISABLE_CODE="true",
-        WANDB__DISABLE_STATS="true",
-        WANDB__DISABLE_META="true",
-        WANDB__SAVE_REQUIREMENTS="false",
-        CLEARML_OFFLINE_MODE="1",
-        CLEARML_CACHE_DIR=str(workdir / "clearml"),
-    )
+    os.environ.update(offline_vars(workdir))
 
 
 class Lifecycle:

@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._util import quiet_env, table, write_json
+from benchmarks._util import offline_vars, quiet_env, table, write_json
 
 BLOCK = 100  # calls per timed block
 
@@ -69,18 +69,7 @@ def child_env(workdir: Path) -> dict[str, str]:
         TRACELET_TRACK_GIT="false",
         TRACELET_TRACK_ENV="false",
         TRACELET_CLOSE_TIMEOUT="900",
-        WANDB_MODE="offline",
-        WANDB_DIR=str(workdir),
-        WANDB_SILENT="true",
-        WANDB_ERROR_REPORTING="false",
-        WANDB_CONSOLE="off",
-        WANDB_DISABLE_GIT="true",
-        WANDB_DISABLE_CODE="true",
-        WANDB__DISABLE_STATS="true",
-        WANDB__DISABLE_META="true",
-        WANDB__SAVE_REQUIREMENTS="false",
-        CLEARML_OFFLINE_MODE="1",
-        CLEARML_CACHE_DIR=str(workdir / "clearml"),
+        **offline_vars(workdir),
         PYTHONPATH=str(Path(__file__).resolve().parents[1]),
     )
     return env

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.parse
@@ -14,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests._servers import free_port, wait_http
+from tests._servers import free_port, stop_group, wait_http
 
 T = TypeVar("T")
 
@@ -72,14 +70,6 @@ class PrometheusServer:
             return json.loads(exc.read())  # type: ignore[no-any-return]
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=15)
-        except ProcessLookupError:
-            pass
+        if self.proc is not None:
+            stop_group(self.proc, grace=30)
         self.proc = None

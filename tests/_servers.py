@@ -32,6 +32,18 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | N
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
+def stop_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    """Stop a server started with ``start_new_session=True``: its whole process group."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+    except ProcessLookupError:
+        pass
+
+
 class MlflowServer:
     """``mlflow server --workers 1`` on 127.0.0.1; `stop` and `start` keep port and store."""
 
@@ -72,14 +84,6 @@ class MlflowServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=15)
-        except ProcessLookupError:
-            pass
+        if self.proc is not None:
+            stop_group(self.proc)
         self.proc = None
