@@ -246,39 +246,3 @@ def test_a_stub_task_is_an_error_that_says_why(monkeypatch: pytest.MonkeyPatch) 
     (report,) = exp.end().backends
     assert not report.closed
     assert "CLEARML_PROC_MASTER_ID='1:'" in (report.error or "")
-
-
-def _square(k: int) -> int:
-    return k * k
-
-
-@pytest.mark.timeout(120)
-def test_fork_pools_still_terminate_beside_a_clearml_task() -> None:
-    """With reporting from threads, ClearML's handlers in forked children swallow SIGTERM.
-
-    tracelet keeps ClearML out of forked children; otherwise the ``with Pool``
-    blocks below (whose exit terminates the workers) would wait forever.
-    """
-    import multiprocessing
-
-    from clearml import Task
-
-    own = Task.init(
-        project_name="mine",
-        task_name="pool",
-        reuse_last_task_id=False,
-        auto_connect_frameworks={"detect_repository": False},
-        auto_connect_streams=False,
-        auto_resource_monitoring=False,
-        auto_connect_arg_parser=False,
-    )
-    try:
-        exp = tracelet.start_logging(exp_name="pool", project="p", backend="clearml")
-        exp.log_metric("loss", 1.0, iteration=0)
-        exp.end()  # the task was opened by the code: tracelet logs into it, leaves it open
-        with multiprocessing.get_context("fork").Pool(2) as pool:
-            assert pool.map(_square, range(4)) == [0, 1, 4, 9]
-    finally:
-        own.close()
-    with multiprocessing.get_context("fork").Pool(2) as pool:
-        assert pool.map(_square, range(4)) == [0, 1, 4, 9]
