@@ -45,24 +45,6 @@ def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     return out
 
 
-def offline_vars(workdir: Path) -> dict[str, str]:
-    """W&B and ClearML offline, writing under `workdir`, with W&B's lean settings."""
-    return {
-        "WANDB_MODE": "offline",
-        "WANDB_DIR": str(workdir),
-        "WANDB_SILENT": "true",
-        "WANDB_ERROR_REPORTING": "false",
-        "WANDB_CONSOLE": "off",
-        "WANDB_DISABLE_GIT": "true",
-        "WANDB_DISABLE_CODE": "true",
-        "WANDB__DISABLE_STATS": "true",
-        "WANDB__DISABLE_META": "true",
-        "WANDB__SAVE_REQUIREMENTS": "false",
-        "CLEARML_OFFLINE_MODE": "1",
-        "CLEARML_CACHE_DIR": str(workdir / "clearml"),
-    }
-
-
 def quiet_env() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("TRACELET_TRACK_SYSTEM", "false")

@@ -32,7 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks._util import offline_vars, quiet_env, table, write_json
+from benchmarks._util import quiet_env, table, write_json
+from tracelet.testing import offline_env as offline_vars
 
 TRACKERS = ["mlflow", "wandb", "clearml"]
 NAMES = ("train/loss", "val/loss", "lr")

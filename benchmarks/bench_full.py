@@ -44,7 +44,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._util import offline_vars, quiet_env, table, write_json
+from benchmarks._util import quiet_env, table, write_json
+from tracelet.testing import offline_env
 
 BLOCK = 100  # calls per timed block
 
@@ -69,7 +70,7 @@ def child_env(workdir: Path) -> dict[str, str]:
         TRACELET_TRACK_GIT="false",
         TRACELET_TRACK_ENV="false",
         TRACELET_CLOSE_TIMEOUT="900",
-        **offline_vars(workdir),
+        **offline_env(workdir),
         PYTHONPATH=str(Path(__file__).resolve().parents[1]),
     )
     return env

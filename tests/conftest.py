@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import tracelet
-from tracelet.testing import InMemoryExporter
+from tracelet.testing import InMemoryExporter, offline_env
 
 # Offline and quiet for every backend SDK, before any of them is imported.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -58,19 +58,7 @@ def offline_trackers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     system-stats capture); its run files land in ``tmp_path/wandb``, ClearML's
     offline sessions in ``tmp_path/clearml/offline``.
     """
-    env = {
-        "WANDB_MODE": "offline",
-        "WANDB_DIR": str(tmp_path),
-        "WANDB_CONSOLE": "off",
-        "WANDB_DISABLE_GIT": "true",
-        "WANDB_DISABLE_CODE": "true",
-        "WANDB__DISABLE_STATS": "true",
-        "WANDB__DISABLE_META": "true",
-        "WANDB__SAVE_REQUIREMENTS": "false",
-        "CLEARML_OFFLINE_MODE": "1",
-        "CLEARML_CACHE_DIR": str(tmp_path / "clearml"),
-    }
-    for key, value in env.items():
+    for key, value in offline_env(tmp_path).items():
         monkeypatch.setenv(key, value)
     # ClearML's Task.init marks this process as the "master" in the environment;
     # a later test's child process would inherit it (and get a stub task).

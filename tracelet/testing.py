@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader
@@ -37,6 +38,7 @@ __all__ = [
     "TelemetryCapture",
     "WandbRun",
     "capture_telemetry",
+    "offline_env",
     "read_clearml_session",
     "read_wandb_run",
 ]
@@ -136,3 +138,27 @@ def capture_telemetry() -> Iterator[TelemetryCapture]:
         yield capture
     finally:
         _otel.EXTRA_READERS.remove(capture._new_reader)
+
+
+def offline_env(directory: str | Path) -> dict[str, str]:
+    """Environment variables that run W&B and ClearML offline, writing under `directory`.
+
+    W&B gets lean settings (no git, code, console or system-stats capture, no
+    error reporting); its runs land in ``directory/wandb``, ClearML's offline
+    sessions in ``directory/clearml/offline``. Set them before either SDK starts.
+    """
+    directory = Path(directory)
+    return {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(directory),
+        "WANDB_SILENT": "true",
+        "WANDB_ERROR_REPORTING": "false",
+        "WANDB_CONSOLE": "off",
+        "WANDB_DISABLE_GIT": "true",
+        "WANDB_DISABLE_CODE": "true",
+        "WANDB__DISABLE_STATS": "true",
+        "WANDB__DISABLE_META": "true",
+        "WANDB__SAVE_REQUIREMENTS": "false",
+        "CLEARML_OFFLINE_MODE": "1",
+        "CLEARML_CACHE_DIR": str(directory / "clearml"),
+    }
