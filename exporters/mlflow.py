@@ -100,9 +100,7 @@ def fix_path_name(name: str) -> str:
     return "/".join(parts) or "_"
 
 
-def batch_requests(
-    batch: Batch, key: NameMapper
-) -> list[tuple[list[Any], list[Any], list[Any]]]:
+def batch_requests(batch: Batch, key: NameMapper) -> list[tuple[list[Any], list[Any], list[Any]]]:
     """Translate a batch into ``log_batch`` requests within MLflow's limits."""
     from mlflow.entities import Metric, Param, RunTag
 

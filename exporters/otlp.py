@@ -47,9 +47,7 @@ PROTOCOLS: tuple[str, ...] = ("grpc", "http/protobuf")
 Signal = Literal["metrics", "traces"]
 
 
-def protocol_for(
-    signal: Signal, configured: str | None, environ: Mapping[str, str]
-) -> Protocol:
+def protocol_for(signal: Signal, configured: str | None, environ: Mapping[str, str]) -> Protocol:
     """The transport of one signal: `configured`, else the OTel variables, else gRPC.
 
     Raises:

@@ -294,9 +294,7 @@ class Experiment:
             for delivery in self._deliveries:
                 delivery.join(deadline - time.monotonic())
             try:
-                self.telemetry.shutdown(
-                    max(1.0, deadline - time.monotonic()) * 1000, status.value
-                )
+                self.telemetry.shutdown(max(1.0, deadline - time.monotonic()) * 1000, status.value)
             except Exception as exc:  # never let telemetry cost the run its report
                 _log.warning("tracelet: OTel shutdown failed: %r", exc)
             self.report = self._make_report(status)
@@ -411,8 +409,10 @@ class Experiment:
         from tracelet import interface
 
         failed = exc_type is not None and not issubclass(exc_type, (KeyboardInterrupt,))
-        status = RunStatus.FAILED if failed else (
-            RunStatus.KILLED if exc_type is not None else RunStatus.FINISHED
+        status = (
+            RunStatus.FAILED
+            if failed
+            else (RunStatus.KILLED if exc_type is not None else RunStatus.FINISHED)
         )
         interface._end(self, status)
 

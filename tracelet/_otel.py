@@ -329,6 +329,7 @@ class Telemetry:
             unit="{failure}",
             description="Failed attempts to start, export to or close a tracker backend.",
         )
+
         def info(_: CallbackOptions) -> Iterable[Observation]:
             params = self._current_params()
             if params:  # no series until there are params to show

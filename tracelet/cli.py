@@ -78,9 +78,7 @@ def _backend_config(
     overrides: Sequence[dict[str, Any]],
 ) -> dict[str, Any]:
     """Saved options per backend, then each override routed as `start_logging` routes config."""
-    config: dict[str, dict[str, Any]] = {
-        name: dict(saved.get(name) or {}) for name in classes
-    }
+    config: dict[str, dict[str, Any]] = {name: dict(saved.get(name) or {}) for name in classes}
     for override in overrides:
         for key, value in override.items():
             if key in classes:
@@ -331,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     sync.add_argument(
         "--config",
-        help='backend options over the saved ones, JSON or @file, e.g. '
+        help="backend options over the saved ones, JSON or @file, e.g. "
         '\'{"mlflow": {"tracking_uri": "http://127.0.0.1:5000"}}\'',
     )
     sync.add_argument(
@@ -350,9 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--force", action="store_true", help="sync even if a live process holds the run"
     )
-    sync.add_argument(
-        "--dry-run", action="store_true", help="only show what is undelivered"
-    )
+    sync.add_argument("--dry-run", action="store_true", help="only show what is undelivered")
     sync.set_defaults(func=_cmd_sync)
     return parser
 
