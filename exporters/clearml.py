@@ -23,9 +23,11 @@ stdout/stderr, argparse or frameworks.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 from tracelet.exporters._clearml_translate import (
@@ -35,12 +37,14 @@ from tracelet.exporters._clearml_translate import (
     scalar_value,
     title_series,
 )
+from tracelet.exporters._replay import Entry, StoredTail, pending_entries
 from tracelet.exporters._translate import tag_dict, tag_labels
 
 from tracelet.export import (
     Batch,
     ExporterOptions,
     ExportResult,
+    MetricPoint,
     RunInfo,
     RunStatus,
     TrackerExporter,
@@ -48,6 +52,8 @@ from tracelet.export import (
 
 _log = logging.getLogger("tracelet")
 
+#: The offline session's file of metric events (one JSON list of events per line).
+EVENTS_FILE = "metrics.jsonl"
 #: Where ClearML marks the process that owns the task (its own name and the old one).
 _MASTER_ENV = ("CLEARML_PROC_MASTER_ID", "TRAINS_PROC_MASTER_ID")
 
@@ -112,6 +118,9 @@ class ClearMLExporter(TrackerExporter):
         cfg = self.config
         _report_from_threads(Task)
         previous = (run.resume or {}).get("task_id")
+        # After a crash, the replayed points this task's offline session stored
+        # past the durable cursor are skipped (see tracelet.exporters._replay).
+        stored = stored_events(run.resume or {})
         self._labels = tag_labels("ClearML", tag_dict(cfg.tags))
         self._tags: dict[str, str] = {}  # tag key -> its label
         current = Task.current_task()
@@ -155,13 +164,30 @@ class ClearMLExporter(TrackerExporter):
         self._logger = self._task.get_logger()
         self._names: dict[str, tuple[str, str]] = {}
         self._nan_seen: set[str] = set()
-        self._partial: tuple[Any, int] | None = None
+        self._partial: tuple[Any, list[MetricPoint], int] | None = None
         folder = self._task.get_offline_mode_folder() if Task.is_offline() else None
-        return {
+        self._events = Path(folder) / EVENTS_FILE if folder else None
+        self._state = {
             "task_id": self._task.id,
             "offline": Task.is_offline(),
             "offline_folder": str(folder) if folder else None,
         }
+        self._tail = StoredTail([*pending_entries(run.resume or {}), *stored])
+        state = self.resume_state()
+        assert state is not None
+        return state
+
+    def resume_state(self) -> dict[str, Any] | None:
+        """The resume state, with the mark: events past `events_from` are past the cursor.
+
+        Offline only: a ClearML server keeps one scalar per (iteration, title,
+        series), so a replay there overwrites what it holds with the same values.
+        """
+        if not hasattr(self, "_state"):
+            return None
+        events = self._events
+        mark = (events.stat().st_size if events.exists() else 0) if events else None
+        return {**self._state, "events_from": mark, "pending": self._tail.pending()}
 
     @property
     def task(self) -> Any:
@@ -178,9 +204,12 @@ class ClearMLExporter(TrackerExporter):
         points = batch.metrics
         if not points:
             return ExportResult.SUCCESS
+        # A retried batch goes on after the last point a failed attempt reported.
         ident = (len(points), points[0], points[-1])
-        done = self._partial[1] if self._partial and self._partial[0] == ident else 0
-        self._partial = (ident, done)
+        if self._partial is not None and self._partial[0] == ident:
+            _, points, done = self._partial
+        else:
+            points, done = self._new_points(points), 0
         report, names = self._logger.report_scalar, self._names
         for i in range(done, len(points)):
             name, value, step, _ = points[i]
@@ -191,10 +220,29 @@ class ClearMLExporter(TrackerExporter):
                     self._left_out(name, step)
                     continue
                 value = converted
-            self._partial = (ident, i)
+            self._partial = (ident, points, i)
             report(pair[0], pair[1], value, step)
         self._partial = None
         return ExportResult.SUCCESS
+
+    def _new_points(self, points: list[MetricPoint]) -> list[MetricPoint]:
+        """`points` less those a resumed task stored before the crash."""
+        if not self._tail:
+            return points
+        cfg, names, holds = self.config, self._names, self._tail.holds
+        new = []
+        for point in points:
+            name, value, step, _ = point
+            title, series = names.get(name) or self._pair(name)
+            left_out = (
+                not math.isfinite(value)
+                and scalar_value(value, cfg.nan_value, cfg.inf_value) is None
+            )
+            # A point left out (NaN) was never stored, so it is not looked up.
+            if not left_out and holds(event_key(title, series), step):
+                continue
+            new.append(point)
+        return new
 
     def _pair(self, name: str) -> tuple[str, str]:
         """(title, series) of a metric, never shared with another (``loss`` vs ``loss/loss``)."""
@@ -259,6 +307,41 @@ class ClearMLExporter(TrackerExporter):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def event_key(title: str, series: str) -> str:
+    """One string for a (title, series) pair, in a `StoredTail`."""
+    return f"{title}\x1f{series}"
+
+
+def stored_events(previous: dict[str, Any]) -> list[Entry]:
+    """The scalars an offline session stored past the mark its resume state saved.
+
+    A torn last line (the process killed while ClearML wrote it) is cut off
+    first: it could not be read, and the events in it are sent again.
+    """
+    folder, mark = previous.get("offline_folder"), previous.get("events_from")
+    if not folder or mark is None:
+        return []
+    path = Path(folder) / EVENTS_FILE
+    if not path.exists():
+        return []
+    with path.open("rb+") as f:
+        data = f.read()
+        whole = data.rfind(b"\n") + 1
+        if whole < len(data):
+            _log.warning(
+                "tracelet: %s ends in a torn line (%d bytes); cut off, its events are sent again",
+                path,
+                len(data) - whole,
+            )
+            f.truncate(whole)
+    entries = []
+    for line in data[int(mark) : whole].splitlines():
+        for event in json.loads(line):
+            if event.get("type") == "training_stats_scalar":
+                entries.append((event_key(event["metric"], event["variant"]), int(event["iter"])))
+    return entries
 
 
 def _stop_following_forks() -> None:

@@ -20,8 +20,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from tracelet.exporters._replay import Entry, StoredTail, pending_entries
 from tracelet.exporters._translate import tag_dict, tag_labels
-from tracelet.exporters._wandb_translate import MAX_TAG, STEP_KEY, KeyMapper, pack_rows
+from tracelet.exporters._wandb_translate import (
+    MAX_TAG,
+    RESERVED_KEYS,
+    STEP_KEY,
+    KeyMapper,
+    Row,
+    pack_rows,
+)
 
 from tracelet.export import (
     Batch,
@@ -100,21 +108,38 @@ class WandbExporter(TrackerExporter):
         self._run.define_metric(STEP_KEY)
         self._run.define_metric("*", step_metric=STEP_KEY)
         self._key = KeyMapper()
-        # A resumed run goes on after its last row: W&B knows it online; offline
-        # it starts a new file at 0, so read where the previous file stopped
-        # (rows below it would be dropped when both files are synced).
         self._next_step = self._run.step
+        # After a crash, skip the replayed points this run stored past the
+        # durable cursor (see tracelet.exporters._replay).
+        self._tail = StoredTail(pending_entries(previous))
         earlier = previous.get("sync_file")
         if earlier and earlier != str(self._run.settings.sync_file) and Path(earlier).exists():
-            self._next_step = max(self._next_step, last_step(earlier) + 1)
-        self._partial: tuple[Any, int] | None = None
-        return {
+            # Online, the server holds the rows below run.step; offline, the old
+            # file holds every row it has, and is synced along with the new one.
+            below = None if self._run.offline else self._run.step
+            last, stored = read_previous_rows(earlier, previous.get("rows_from"), below)
+            self._tail = StoredTail([*pending_entries(previous), *stored])
+            # Offline, a resumed run starts a new file at step 0: go on after the
+            # old file's last row (rows below it would be dropped when both are synced).
+            self._next_step = max(self._next_step, last + 1)
+        self._next_step = max(self._next_step, int(previous.get("rows_from") or 0))
+        self._partial: tuple[Any, list[Row], int] | None = None
+        self._state = {
             "run_id": self._run.id,
             "project": self._run.project,
             "entity": self._run.entity or None,
             "offline": bool(self._run.offline),
             "sync_file": str(self._run.settings.sync_file),
         }
+        state = self.resume_state()
+        assert state is not None
+        return state
+
+    def resume_state(self) -> dict[str, Any] | None:
+        """The resume state, with the mark: rows from `rows_from` on are past the cursor."""
+        if not hasattr(self, "_state"):
+            return None
+        return {**self._state, "rows_from": self._next_step, "pending": self._tail.pending()}
 
     @property
     def run(self) -> Any:
@@ -130,13 +155,19 @@ class WandbExporter(TrackerExporter):
             run.tags = tuple(self._labels + list(self._tags.values()))
         if not batch.metrics:
             return ExportResult.SUCCESS
-        rows = pack_rows(batch.metrics, self._key)
         # A retried batch resumes after the rows a failed attempt already logged,
         # so a retry never writes a point twice.
         ident = (len(batch.metrics), batch.metrics[0], batch.metrics[-1])
-        done = self._partial[1] if self._partial and self._partial[0] == ident else 0
+        if self._partial is not None and self._partial[0] == ident:
+            _, rows, done = self._partial
+        else:
+            points = batch.metrics
+            if self._tail:  # resumed after a crash: leave out what the run holds already
+                key, holds = self._key, self._tail.holds
+                points = [p for p in points if not holds(key(p.name), p.step)]
+            rows, done = pack_rows(points, self._key), 0
         for row in rows[done:]:
-            self._partial = (ident, done)
+            self._partial = (ident, rows, done)
             run.log(row, step=self._next_step, commit=True)
             self._next_step += 1
             done += 1
@@ -151,12 +182,27 @@ class WandbExporter(TrackerExporter):
             run.finish(exit_code=EXIT_CODES[status])
 
 
-def last_step(sync_file: str) -> int:
-    """The highest ``_step`` written to a ``.wandb`` file (-1 when it holds no row)."""
-    from tracelet._readback import iter_wandb_records
+def read_previous_rows(
+    sync_file: str, rows_from: int | None, below: int | None
+) -> tuple[int, list[Entry]]:
+    """The last ``_step`` of a ``.wandb`` file (-1: no row), and the points past a mark.
 
-    last = -1
-    for record in iter_wandb_records(sync_file):
-        if record.WhichOneof("record_type") == "history":
-            last = max(last, record.history.step.num)
-    return last
+    Args:
+        sync_file: the run's ``.wandb`` file before the crash.
+        rows_from: the first ``_step`` past the durable cursor (None: unknown,
+            a state saved by a tracelet that kept no mark; nothing is skipped).
+        below: rows from here on never reached the server (online runs).
+
+    Returns:
+        ``(last_step, [(key, tracelet step), ...])`` for the rows in ``[rows_from, below)``.
+    """
+    from tracelet._readback import iter_wandb_history
+
+    last, stored = -1, []
+    for step, row in iter_wandb_history(sync_file):
+        last = max(last, step)
+        if rows_from is None or step < rows_from or (below is not None and step >= below):
+            continue
+        if STEP_KEY in row:
+            stored += [(k, int(row[STEP_KEY])) for k in row if k not in RESERVED_KEYS]
+    return last, stored

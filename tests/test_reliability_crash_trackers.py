@@ -3,9 +3,9 @@
 Each tracker run is reopened from the resume state its exporter returned
 (``RunInfo.resume``) and receives, from the durable cursor on, what it had not
 made durable before the kill. No journaled point may be missing anywhere.
-MLflow ignores what it already holds, so it holds each point exactly once;
-for W&B and ClearML that needs their exporters to skip, on resume, the points
-of the replay window they already stored (see docs/concepts/reliability.md).
+MLflow ignores what it already holds; the W&B and ClearML exporters skip, on
+resume, the points of the replay window they already stored
+(docs/concepts/reliability.md). So each tracker holds each point exactly once.
 """
 
 from __future__ import annotations
@@ -110,11 +110,6 @@ def test_no_journaled_point_is_lost_in_any_tracker(crashed: dict[str, Any]) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="W&B and ClearML keep the replayed window's points again after a kill -9 "
-    "unless their exporters skip what they already stored when resumed",
-    strict=False,
-)
 def test_wandb_and_clearml_hold_each_point_once_after_a_crash(crashed: dict[str, Any]) -> None:
     steps = _steps(crashed)
     for backend in ("wandb", "clearml"):

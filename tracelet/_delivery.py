@@ -18,9 +18,10 @@ failed; an exporter must make that retry harmless (MLflow's SQL store ignores
 a metric it already holds; the W&B exporter skips the rows a failed attempt
 wrote). After a crash, ``tracelet sync`` re-sends what follows the durable
 cursor: at most `DURABLE_EVERY` seconds of points, some of which the backend
-may hold already. MLflow ignores those; an exporter whose backend does not
-de-duplicate should, when started with ``run.resume``, skip points it already
-stored.
+may hold already. MLflow ignores those. The W&B and ClearML exporters skip
+them: with each durable cursor they save where their backend's stored data
+stood (``exporter.resume_state()``), and when resumed they read back what was
+stored past that mark (`tracelet.exporters._replay`).
 """
 
 from __future__ import annotations
@@ -167,7 +168,13 @@ class Delivery:
             raise RuntimeError("force_flush did not complete")
         self.offset, self.delivered = self._sent_offset, self._sent
         self._last_durable = time.monotonic()
+        self._checkpoint()
         self._save()
+
+    def _checkpoint(self) -> None:
+        state = self.exporter.resume_state()
+        if state is not None:
+            self.resume = state
 
     def _close(self) -> None:
         assert self._status is not None
@@ -175,6 +182,7 @@ class Delivery:
         if not self.exporter.force_flush(remaining_ms):
             raise RuntimeError("force_flush did not complete")
         self.offset, self.delivered = self._sent_offset, self._sent
+        self._checkpoint()
         self.exporter.shutdown(timeout_millis=remaining_ms, status=self._status)
         self.closed = True
         self._save()

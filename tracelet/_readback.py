@@ -80,6 +80,25 @@ def iter_wandb_records(path: str | Path) -> Iterator[Any]:
             yield record
 
 
+def iter_wandb_history(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(_step, row)`` of each history record of a ``.wandb`` file, in order.
+
+    A record that fails its checksum ends the file: a writer killed mid-write
+    leaves such a torn record last, and what precedes it is intact.
+    """
+    records = iter_wandb_records(path)
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            return
+        except ValueError:
+            return
+        if record.WhichOneof("record_type") == "history":
+            history = record.history
+            yield history.step.num, {_item_key(i): _item_value(i) for i in history.item}
+
+
 def _item_key(item: Any) -> str:
     return ".".join(item.nested_key) if item.nested_key else str(item.key)
 

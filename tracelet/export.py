@@ -10,6 +10,8 @@ Lifecycle, all on that thread::
     exporter = SomeExporter(options)        # cheap: no SDK import, no I/O
     state = exporter.start(run)             # open or resume the tracker run
     exporter.export(batch)                  # as often as there is data
+    exporter.force_flush()                  # then the cursor may pass what it accepted,
+    exporter.resume_state()                 #   saved with the state to resume from
     exporter.shutdown(status=RunStatus.FINISHED)
 """
 
@@ -134,6 +136,17 @@ class TrackerExporter(ABC):
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         """Push anything the SDK buffers; True when done."""
         return True
+
+    def resume_state(self) -> dict[str, Any] | None:
+        """The resume state as of now, saved with the durable cursor.
+
+        Called right after a `force_flush` that returned True, when everything
+        exported so far is stored. An exporter whose backend does not
+        de-duplicate returns here what it needs to recognise, when resumed
+        after a crash, the points past that cursor it already stored (W&B: the
+        row the cursor stands at). None keeps what `start` returned.
+        """
+        return None
 
     @abstractmethod
     def shutdown(
