@@ -38,9 +38,17 @@ Entry = tuple[str, int]
 class StoredTail:
     """The points a resumed tracker run already holds past the durable cursor."""
 
-    def __init__(self, entries: Iterable[Entry] = ()) -> None:
+    def __init__(self, entries: Iterable[Entry] = (), backend: str = "") -> None:
         self._left: Counter[Entry] = Counter(entries)
         self.skipped = 0
+        self._backend = backend
+        if self._left:
+            _log.info(
+                "tracelet: resumed %s run holds %d points past the durable cursor; "
+                "they are skipped when replayed",
+                backend,
+                len(self),
+            )
 
     def __bool__(self) -> bool:
         return bool(self._left)
@@ -57,13 +65,14 @@ class StoredTail:
             self._left[entry] -= 1
             if self._left[entry] == 0:
                 del self._left[entry]
-            self.skipped += 1
+            self.skipped = n = self.skipped + 1
             if not self._left:
-                _log.info("tracelet: resumed run: skipped %d points stored already", self.skipped)
+                _log.info("tracelet: resumed %s run: skipped %d points", self._backend, n)
             return True
         _log.info(
-            "tracelet: resumed run: %d points were already stored and skipped; "
+            "tracelet: resumed %s run: %d points were already stored and skipped; "
             "%r at step %d is new, and so is everything after it (%d stored entries unmatched)",
+            self._backend,
             self.skipped,
             key,
             step,

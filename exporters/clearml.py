@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,7 +121,11 @@ class ClearMLExporter(TrackerExporter):
         previous = (run.resume or {}).get("task_id")
         # After a crash, the replayed points this task's offline session stored
         # past the durable cursor are skipped (see tracelet.exporters._replay).
-        stored = stored_events(run.resume or {})
+        try:
+            stored = stored_events(run.resume or {})
+        except Exception as exc:  # never fail the start for it: at worst, a point twice
+            _log.warning("tracelet: could not read what ClearML stored before: %r", exc)
+            stored = []
         self._labels = tag_labels("ClearML", tag_dict(cfg.tags))
         self._tags: dict[str, str] = {}  # tag key -> its label
         current = Task.current_task()
@@ -172,7 +177,7 @@ class ClearMLExporter(TrackerExporter):
             "offline": Task.is_offline(),
             "offline_folder": str(folder) if folder else None,
         }
-        self._tail = StoredTail([*pending_entries(run.resume or {}), *stored])
+        self._tail = StoredTail([*pending_entries(run.resume or {}), *stored], "ClearML")
         state = self.resume_state()
         assert state is not None
         return state
@@ -277,10 +282,24 @@ class ClearMLExporter(TrackerExporter):
         self._logger.report_text(msg, level=logging.WARNING, print_console=False)
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        """Flush until ClearML's reporter holds no event: True once all are written.
+
+        ``Task.flush(wait_for_uploads=True)`` can return while the reporter
+        thread is between two writes, with events still queued (seen under
+        load: the offline session's ``metrics.jsonl`` grew after it returned).
+        So flush again until the reporter says nothing is waiting.
+        """
         task = getattr(self, "_task", None)
-        if task is not None:
+        if task is None:
+            return True
+        deadline = time.monotonic() + timeout_millis / 1000
+        while True:
             task.flush(wait_for_uploads=True)
-        return True
+            if not _events_waiting(task):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
     def shutdown(
         self, timeout_millis: float = 30_000, status: RunStatus = RunStatus.FINISHED, **kwargs: Any
@@ -318,7 +337,8 @@ def stored_events(previous: dict[str, Any]) -> list[Entry]:
     """The scalars an offline session stored past the mark its resume state saved.
 
     A torn last line (the process killed while ClearML wrote it) is cut off
-    first: it could not be read, and the events in it are sent again.
+    first: it could not be read, and the events in it are sent again. Reading
+    starts at the line that holds the mark.
     """
     folder, mark = previous.get("offline_folder"), previous.get("events_from")
     if not folder or mark is None:
@@ -336,12 +356,26 @@ def stored_events(previous: dict[str, Any]) -> list[Entry]:
                 len(data) - whole,
             )
             f.truncate(whole)
+    start = data.rfind(b"\n", 0, int(mark)) + 1
     entries = []
-    for line in data[int(mark) : whole].splitlines():
-        for event in json.loads(line):
+    for line in data[start:whole].splitlines():
+        try:
+            events = json.loads(line)
+        except ValueError:
+            _log.warning("tracelet: %s holds a line that is not JSON; skipped", path)
+            continue
+        for event in events:
             if event.get("type") == "training_stats_scalar":
                 entries.append((event_key(event["metric"], event["variant"]), int(event["iter"])))
     return entries
+
+
+def _events_waiting(task: Any) -> bool:
+    """Whether ClearML's reporter still holds events it has not written or sent."""
+    try:
+        return bool(task._reporter.events_waiting())
+    except Exception:  # a ClearML without that API: trust its flush
+        return False
 
 
 def _stop_following_forks() -> None:

@@ -111,14 +111,14 @@ class WandbExporter(TrackerExporter):
         self._next_step = self._run.step
         # After a crash, skip the replayed points this run stored past the
         # durable cursor (see tracelet.exporters._replay).
-        self._tail = StoredTail(pending_entries(previous))
+        self._tail = StoredTail(pending_entries(previous), "W&B")
         earlier = previous.get("sync_file")
         if earlier and earlier != str(self._run.settings.sync_file) and Path(earlier).exists():
             # Online, the server holds the rows below run.step; offline, the old
             # file holds every row it has, and is synced along with the new one.
             below = None if self._run.offline else self._run.step
             last, stored = read_previous_rows(earlier, previous.get("rows_from"), below)
-            self._tail = StoredTail([*pending_entries(previous), *stored])
+            self._tail = StoredTail([*pending_entries(previous), *stored], "W&B")
             # Offline, a resumed run starts a new file at step 0: go on after the
             # old file's last row (rows below it would be dropped when both are synced).
             self._next_step = max(self._next_step, last + 1)

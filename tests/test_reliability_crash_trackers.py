@@ -73,8 +73,11 @@ def crashed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         b: json.loads((run_dir / f"{b}.state.json").read_text())
         for b in ("mlflow", "wandb", "clearml")
     }
-    synced = run_cli("sync", str(run_dir), cwd=tmp, **env)
+    synced = run_cli("-v", "sync", str(run_dir), cwd=tmp, **env)
     assert synced.returncode == 0, synced.stdout + synced.stderr
+    for line in synced.stderr.splitlines():  # how much of the replay each tracker held
+        if "resumed" in line:
+            print("\n" + line)
     after = {
         b: json.loads((run_dir / f"{b}.state.json").read_text()) for b in ("wandb", "clearml")
     }
@@ -114,3 +117,7 @@ def test_wandb_and_clearml_hold_each_point_once_after_a_crash(crashed: dict[str,
     steps = _steps(crashed)
     for backend in ("wandb", "clearml"):
         assert len(steps[backend]) == len(set(steps[backend])), backend
+        # What the tracker stored past its mark was exactly the replay's first
+        # points: none left unmatched (ClearML's flush once returned early, and
+        # events from before the cursor landed past the mark).
+        assert crashed["after"][backend]["resume"]["pending"] == [], backend
