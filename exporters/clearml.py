@@ -347,7 +347,9 @@ def stored_events(previous: dict[str, Any]) -> list[Entry]:
     if not path.exists():
         return []
     with path.open("rb+") as f:
-        data = f.read()
+        start = _line_start(f, int(mark))
+        f.seek(start)
+        data = f.read()  # about a second of events: what was written past the mark
         whole = data.rfind(b"\n") + 1
         if whole < len(data):
             _log.warning(
@@ -355,10 +357,9 @@ def stored_events(previous: dict[str, Any]) -> list[Entry]:
                 path,
                 len(data) - whole,
             )
-            f.truncate(whole)
-    start = data.rfind(b"\n", 0, int(mark)) + 1
+            f.truncate(start + whole)
     entries = []
-    for line in data[start:whole].splitlines():
+    for line in data[:whole].splitlines():
         try:
             events = json.loads(line)
         except ValueError:
@@ -368,6 +369,19 @@ def stored_events(previous: dict[str, Any]) -> list[Entry]:
             if event.get("type") == "training_stats_scalar":
                 entries.append((event_key(event["metric"], event["variant"]), int(event["iter"])))
     return entries
+
+
+def _line_start(f: Any, offset: int, chunk: int = 1 << 16) -> int:
+    """Where the line holding byte `offset` of `f` starts (`offset` itself at a line start)."""
+    end = offset
+    while end > 0:
+        begin = max(0, end - chunk)
+        f.seek(begin)
+        found = f.read(end - begin).rfind(b"\n")
+        if found >= 0:
+            return begin + found + 1
+        end = begin
+    return 0
 
 
 def _events_waiting(task: Any) -> bool:

@@ -151,3 +151,14 @@ def test_clearml_cuts_a_torn_last_line_and_sends_its_events_again(
     assert events.read_text().endswith("\n")
     stored = read_clearml(mark).series
     assert [s for s, _ in stored["loss"]] == list(range(20))
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1 << 16])
+def test_a_clearml_mark_inside_a_line_reads_from_that_lines_start(chunk: int) -> None:
+    import io
+
+    from tracelet.exporters.clearml import _line_start
+
+    data = io.BytesIO(b"aaa\nbbbb\ncc\n")
+    starts = [_line_start(data, offset, chunk) for offset in range(13)]
+    assert starts == [0, 0, 0, 0, 4, 4, 4, 4, 4, 9, 9, 9, 12]
