@@ -9,9 +9,9 @@ again plus W new points. Reported, per N:
 - ``start s``: the resumed exporter's ``start`` (reopening the run, and reading
   back what was stored past the mark), against a fresh run's ``start`` in the
   same process;
-- ``read s``: the read-back alone (W&B reads the previous ``.wandb`` file
-  whole, as it did before to find the last ``_step``; ClearML reads only what
-  lies past the mark);
+- ``read s``: the read-back alone (W&B reads the tail of the previous
+  ``.wandb`` file, ClearML what lies past the mark in ``metrics.jsonl``), which
+  should not grow with N;
 - ``skipped``: replayed points left out, which must be W.
 
 Run: ``.venv/bin/python -m benchmarks.bench_resume [--points N ...] [--out FILE]``

@@ -183,26 +183,39 @@ class WandbExporter(TrackerExporter):
 
 
 def read_previous_rows(
-    sync_file: str, rows_from: int | None, below: int | None
+    sync_file: str, rows_from: int | None, below: int | None, window: int = 1 << 20
 ) -> tuple[int, list[Entry]]:
     """The last ``_step`` of a ``.wandb`` file (-1: no row), and the points past a mark.
+
+    Reads the file's tail only, `window` bytes first and four times more each
+    time that is not enough: the rows wanted are the last ones (``_step``
+    grows through the file), so the tail is enough once its first row is at
+    or below `rows_from`.
 
     Args:
         sync_file: the run's ``.wandb`` file before the crash.
         rows_from: the first ``_step`` past the durable cursor (None: unknown,
             a state saved by a tracelet that kept no mark; nothing is skipped).
         below: rows from here on never reached the server (online runs).
+        window: bytes of the tail read first.
 
     Returns:
         ``(last_step, [(key, tracelet step), ...])`` for the rows in ``[rows_from, below)``.
     """
     from tracelet._readback import iter_wandb_history
 
-    last, stored = -1, []
-    for step, row in iter_wandb_history(sync_file):
-        last = max(last, step)
-        if rows_from is None or step < rows_from or (below is not None and step >= below):
-            continue
-        if STEP_KEY in row:
-            stored += [(k, int(row[STEP_KEY])) for k in row if k not in RESERVED_KEYS]
-    return last, stored
+    size = Path(sync_file).stat().st_size
+    while True:
+        start = max(0, size - window)
+        first: int | None = None
+        last, stored = -1, []
+        for step, row in iter_wandb_history(sync_file, start):
+            first = step if first is None else first
+            last = max(last, step)
+            if rows_from is None or step < rows_from or (below is not None and step >= below):
+                continue
+            if STEP_KEY in row:
+                stored += [(k, int(row[STEP_KEY])) for k in row if k not in RESERVED_KEYS]
+        if start == 0 or (first is not None and (rows_from is None or first <= rows_from)):
+            return last, stored
+        window *= 4

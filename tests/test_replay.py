@@ -162,3 +162,46 @@ def test_a_clearml_mark_inside_a_line_reads_from_that_lines_start(chunk: int) ->
     data = io.BytesIO(b"aaa\nbbbb\ncc\n")
     starts = [_line_start(data, offset, chunk) for offset in range(13)]
     assert starts == [0, 0, 0, 0, 4, 4, 4, 4, 4, 9, 9, 9, 12]
+
+
+@pytest.mark.usefixtures("offline_trackers")
+def test_wandb_reads_back_only_the_tail_it_needs() -> None:
+    """Reading the tail of a .wandb file finds what a whole read finds, for any mark."""
+    pytest.importorskip("wandb")
+    from tracelet.exporters.wandb import WandbExporter, read_previous_rows
+
+    from tests._trackers import wandb_written
+    from tracelet._readback import iter_wandb_records
+    from tracelet.testing import read_wandb_run
+
+    exporter = WandbExporter()
+    exporter.start(RUN)
+    points = [MetricPoint(f"m{i % 3}", float(i), i // 3, 10**18 + i) for i in range(9_000)]
+    for i in range(0, len(points), 1000):
+        exporter.export(Batch(metrics=points[i : i + 1000]))
+    state = exporter.resume_state()
+    assert state is not None
+    exporter.shutdown()
+    wandb_written()
+    path = state["sync_file"]
+    assert Path(path).stat().st_size > 4 * 32768  # several blocks
+    whole = [r.SerializeToString() for r in iter_wandb_records(path)]
+    for start in (1, 32768, 40_000, 100_000, Path(path).stat().st_size):
+        tail = [r.SerializeToString() for r in iter_wandb_records(path, start)]
+        assert tail == whole[len(whole) - len(tail) :]  # a suffix: whole records only
+    last_step = state["rows_from"] - 1
+    for rows_from in (None, 0, 1, 1500, last_step, last_step + 1):
+        expected = read_previous_rows(path, rows_from, None, window=1 << 40)
+        assert read_previous_rows(path, rows_from, None, window=4096) == expected
+        assert expected[0] == last_step
+    rows = read_wandb_run(path).rows
+    for rows_from, below in ((2000, None), (0, 1000), (1000, 1001)):
+        wanted = [
+            (k, r["tracelet/step"])
+            for r in rows
+            if r["_step"] >= rows_from and (below is None or r["_step"] < below)
+            for k in r
+            if k.startswith("m")
+        ]
+        assert read_previous_rows(path, rows_from, below, window=4096)[1] == wanted
+        assert wanted

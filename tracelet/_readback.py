@@ -51,28 +51,44 @@ class WandbRun:
         return [(int(r[step_key]), float(r[key])) for r in self.rows if key in r]
 
 
-def iter_wandb_records(path: str | Path) -> Iterator[Any]:
-    """The protobuf records of a ``.wandb`` file (a LevelDB-style log of 32 KiB blocks)."""
+def iter_wandb_records(path: str | Path, start: int = 0) -> Iterator[Any]:
+    """The protobuf records of a ``.wandb`` file (a LevelDB-style log of 32 KiB blocks).
+
+    Args:
+        path: the file.
+        start: a byte offset, to read only the file's tail: reading begins at
+            the first record that starts in the block holding `start`.
+    """
     from wandb.proto import wandb_internal_pb2 as pb
 
-    data = Path(path).read_bytes()
-    magic, version, _ = struct.unpack("<4sHB", data[:_HEADER])
-    if magic != b":W&B" or version != 0xBEE1:
-        raise ValueError(f"{str(path)!r} is not a .wandb file (header {data[:_HEADER]!r})")
-    pos, buf = _HEADER, b""
-    while pos + _HEADER <= len(data):
+    with open(path, "rb") as f:
+        head = f.read(_HEADER)
+        magic, version, _ = struct.unpack("<4sHB", head) if len(head) == _HEADER else (b"", 0, 0)
+        if magic != b":W&B" or version != 0xBEE1:
+            raise ValueError(f"{str(path)!r} is not a .wandb file (header {head!r})")
+        begin = max(_HEADER, start - start % _BLOCK)
+        f.seek(begin)
+        data = f.read()
+    pos, buf = begin, b""  # pos: an offset in the file; data starts at `begin`
+    synced = begin == _HEADER  # mid-file, skip chunks of a record that began earlier
+    while pos + _HEADER <= begin + len(data):
         left = _BLOCK - pos % _BLOCK
         if left < _HEADER:  # block trailer padding
             pos += left
             continue
-        crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
+        at = pos - begin
+        crc, length, kind = struct.unpack("<IHB", data[at : at + _HEADER])
         if length == 0 and kind == 0:
             pos += left
             continue
-        chunk = data[pos + _HEADER : pos + _HEADER + length]
+        chunk = data[at + _HEADER : at + _HEADER + length]
         pos += _HEADER + length
         if zlib.crc32(chunk, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF != crc:
             raise ValueError(f"{str(path)!r}: bad checksum at byte {pos - length - _HEADER}")
+        if not synced:
+            if kind not in (_FULL, _FIRST):
+                continue
+            synced = True
         buf = chunk if kind in (_FULL, _FIRST) else buf + chunk
         if kind in (_FULL, _LAST):
             record = pb.Record()  # type: ignore[attr-defined]
@@ -80,13 +96,14 @@ def iter_wandb_records(path: str | Path) -> Iterator[Any]:
             yield record
 
 
-def iter_wandb_history(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_wandb_history(path: str | Path, start: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(_step, row)`` of each history record of a ``.wandb`` file, in order.
 
     A record that fails its checksum ends the file: a writer killed mid-write
-    leaves such a torn record last, and what precedes it is intact.
+    leaves such a torn record last, and what precedes it is intact. `start`
+    reads only the tail, as in `iter_wandb_records`.
     """
-    records = iter_wandb_records(path)
+    records = iter_wandb_records(path, start)
     while True:
         try:
             record = next(records)
