@@ -45,7 +45,6 @@ from tracelet.export import (
     Batch,
     ExporterOptions,
     ExportResult,
-    MetricPoint,
     RunInfo,
     RunStatus,
     TrackerExporter,
@@ -169,7 +168,7 @@ class ClearMLExporter(TrackerExporter):
         self._logger = self._task.get_logger()
         self._names: dict[str, tuple[str, str]] = {}
         self._nan_seen: set[str] = set()
-        self._partial: tuple[Any, list[MetricPoint], int] | None = None
+        self._partial: tuple[Any, int] | None = None
         folder = self._task.get_offline_mode_folder() if Task.is_offline() else None
         self._events = Path(folder) / EVENTS_FILE if folder else None
         self._state = {
@@ -178,18 +177,14 @@ class ClearMLExporter(TrackerExporter):
             "offline_folder": str(folder) if folder else None,
         }
         self._tail = StoredTail([*pending_entries(run.resume or {}), *stored], "ClearML")
-        state = self.resume_state()
-        assert state is not None
-        return state
+        return self.resume_state()
 
-    def resume_state(self) -> dict[str, Any] | None:
+    def resume_state(self) -> dict[str, Any]:
         """The resume state, with the mark: events past `events_from` are past the cursor.
 
         Offline only: a ClearML server keeps one scalar per (iteration, title,
         series), so a replay there overwrites what it holds with the same values.
         """
-        if not hasattr(self, "_state"):
-            return None
         events = self._events
         mark = (events.stat().st_size if events.exists() else 0) if events else None
         return {**self._state, "events_from": mark, "pending": self._tail.pending()}
@@ -211,11 +206,9 @@ class ClearMLExporter(TrackerExporter):
             return ExportResult.SUCCESS
         # A retried batch goes on after the last point a failed attempt reported.
         ident = (len(points), points[0], points[-1])
-        if self._partial is not None and self._partial[0] == ident:
-            _, points, done = self._partial
-        else:
-            points, done = self._new_points(points), 0
+        done = self._partial[1] if self._partial and self._partial[0] == ident else 0
         report, names = self._logger.report_scalar, self._names
+        tail = self._tail if self._tail else None  # resumed after a crash: points to skip
         for i in range(done, len(points)):
             name, value, step, _ = points[i]
             pair = names.get(name) or self._pair(name)
@@ -225,29 +218,12 @@ class ClearMLExporter(TrackerExporter):
                     self._left_out(name, step)
                     continue
                 value = converted
-            self._partial = (ident, points, i)
+            if tail is not None and tail.holds(event_key(*pair), step):
+                continue  # the task stored it before the crash
+            self._partial = (ident, i)
             report(pair[0], pair[1], value, step)
         self._partial = None
         return ExportResult.SUCCESS
-
-    def _new_points(self, points: list[MetricPoint]) -> list[MetricPoint]:
-        """`points` less those a resumed task stored before the crash."""
-        if not self._tail:
-            return points
-        cfg, names, holds = self.config, self._names, self._tail.holds
-        new = []
-        for point in points:
-            name, value, step, _ = point
-            title, series = names.get(name) or self._pair(name)
-            left_out = (
-                not math.isfinite(value)
-                and scalar_value(value, cfg.nan_value, cfg.inf_value) is None
-            )
-            # A point left out (NaN) was never stored, so it is not looked up.
-            if not left_out and holds(event_key(title, series), step):
-                continue
-            new.append(point)
-        return new
 
     def _pair(self, name: str) -> tuple[str, str]:
         """(title, series) of a metric, never shared with another (``loss`` vs ``loss/loss``)."""

@@ -111,18 +111,18 @@ class WandbExporter(TrackerExporter):
         self._next_step = self._run.step
         # After a crash, skip the replayed points this run stored past the
         # durable cursor (see tracelet.exporters._replay).
-        self._tail = StoredTail(pending_entries(previous), "W&B")
+        stored: list[Entry] = []
         earlier = previous.get("sync_file")
         if earlier and earlier != str(self._run.settings.sync_file) and Path(earlier).exists():
             # Online, the server holds the rows below run.step; offline, the old
             # file holds every row it has, and is synced along with the new one.
             below = None if self._run.offline else self._run.step
             last, stored = read_previous_rows(earlier, previous.get("rows_from"), below)
-            self._tail = StoredTail([*pending_entries(previous), *stored], "W&B")
             # Offline, a resumed run starts a new file at step 0: go on after the
             # old file's last row (rows below it would be dropped when both are synced).
             self._next_step = max(self._next_step, last + 1)
         self._next_step = max(self._next_step, int(previous.get("rows_from") or 0))
+        self._tail = StoredTail([*pending_entries(previous), *stored], "W&B")
         self._partial: tuple[Any, list[Row], int] | None = None
         self._state = {
             "run_id": self._run.id,
@@ -131,14 +131,10 @@ class WandbExporter(TrackerExporter):
             "offline": bool(self._run.offline),
             "sync_file": str(self._run.settings.sync_file),
         }
-        state = self.resume_state()
-        assert state is not None
-        return state
+        return self.resume_state()
 
-    def resume_state(self) -> dict[str, Any] | None:
+    def resume_state(self) -> dict[str, Any]:
         """The resume state, with the mark: rows from `rows_from` on are past the cursor."""
-        if not hasattr(self, "_state"):
-            return None
         return {**self._state, "rows_from": self._next_step, "pending": self._tail.pending()}
 
     @property

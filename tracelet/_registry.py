@@ -61,17 +61,20 @@ def is_telemetry(cls: BackendClass) -> bool:
     return isinstance(cls, type) and issubclass(cls, TelemetryBackend)
 
 
-def build_options(
-    classes: Mapping[str, BackendClass], config: Mapping[str, Any] | None
-) -> dict[str, ExporterOptions]:
-    """Split `config` between the backends and validate each share.
+def route_config(
+    classes: Mapping[str, BackendClass],
+    config: Mapping[str, Any] | None,
+    shares: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Split `config` between the backends, onto `shares` (each backend's options so far).
 
     A key that names a selected backend holds options for that backend alone
     (``{"mlflow": {"tracking_uri": ...}}``); any other key goes to every
     selected backend that has that option (``tags`` goes to all of them,
     ``entity`` only to W&B). A key no selected backend accepts is an error.
     """
-    shares: dict[str, dict[str, Any]] = {name: {} for name in classes}
+    if shares is None:
+        shares = {name: {} for name in classes}
     for key, value in (config or {}).items():
         if key in classes:
             if not isinstance(value, Mapping):
@@ -87,6 +90,14 @@ def build_options(
             )
         for name in takers:
             shares[name][key] = value
+    return shares
+
+
+def build_options(
+    classes: Mapping[str, BackendClass], config: Mapping[str, Any] | None
+) -> dict[str, ExporterOptions]:
+    """Split `config` between the backends (`route_config`) and validate each share."""
+    shares = route_config(classes, config)
     options: dict[str, ExporterOptions] = {}
     for name, cls in classes.items():
         try:

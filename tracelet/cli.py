@@ -72,30 +72,6 @@ class _FinishedJournal:
         self.written = threading.Condition()
 
 
-def _backend_config(
-    classes: dict[str, type[TrackerExporter]],
-    saved: dict[str, Any],
-    overrides: Sequence[dict[str, Any]],
-) -> dict[str, Any]:
-    """Saved options per backend, then each override routed as `start_logging` routes config."""
-    config: dict[str, dict[str, Any]] = {name: dict(saved.get(name) or {}) for name in classes}
-    for override in overrides:
-        for key, value in override.items():
-            if key in classes:
-                if not isinstance(value, dict):
-                    raise ConfigError(f"config[{key!r}] must be a dict of {key} options")
-                config[key].update(value)
-                continue
-            takers = [n for n, cls in classes.items() if key in cls.options.model_fields]
-            if not takers:
-                raise ConfigError(
-                    f"config option {key!r} is not accepted by backend(s) {', '.join(classes)}"
-                )
-            for name in takers:
-                config[name][key] = value
-    return config
-
-
 def sync_run(
     run_dir: Path,
     *,
@@ -201,7 +177,11 @@ def _sync_locked(
             )
             continue
         classes[name] = cls
-    config = _backend_config(classes, run.get("options") or {}, overrides)
+    # The saved options per backend, then each override routed as start_logging routes config.
+    saved = run.get("options") or {}
+    config = {name: dict(saved.get(name) or {}) for name in classes}
+    for override in overrides:
+        _registry.route_config(classes, override, config)
     options = _registry.build_options(classes, config)
 
     deliveries: list[tuple[Delivery, int]] = []
