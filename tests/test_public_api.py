@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import tracelet
 
 
@@ -40,3 +42,50 @@ def test_import_tracelet_imports_no_backend_sdk() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert json.loads(out) == []
+
+
+#: What `import tracelet` must not load: the heavy parts load at `start_logging`.
+HEAVY = (
+    "pydantic",
+    "pydantic_settings",
+    "opentelemetry",
+    "psutil",
+    "pynvml",
+    "mlflow",
+    "wandb",
+    "clearml",
+    "grpc",
+    "asyncio",
+)
+
+
+@pytest.mark.parametrize("module", ["tracelet", "tracelet.errors", "tracelet.export"])
+def test_import_tracelet_loads_the_standard_library_only(module: str) -> None:
+    """The import budget: a fresh interpreter loads no third-party package for it."""
+    code = (
+        "import sys, json; before = set(sys.modules);"
+        f"import {module};"
+        "print(json.dumps(sorted(set(sys.modules) - before)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    loaded = json.loads(out)
+    heavy = [m for m in loaded if m.split(".")[0] in HEAVY]
+    assert heavy == [], heavy
+    stdlib = set(sys.stdlib_module_names)
+    assert [m for m in loaded if m.split(".")[0] not in stdlib | {"tracelet"}] == []
+
+
+def test_lazy_names_are_the_real_objects() -> None:
+    """`tracelet.X` loaded on first use is the very object its module defines."""
+    from tracelet import _experiment, export, interface, settings
+
+    assert tracelet.TraceletSettings is settings.TraceletSettings
+    assert tracelet.Experiment is _experiment.Experiment
+    assert tracelet.RunStatus is export.RunStatus
+    assert tracelet.start_logging is interface.start_logging
+    assert isinstance(tracelet.TraceletSettings(backend="memory"), settings.TraceletSettings)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        tracelet.no_such_name  # noqa: B018
+    assert set(tracelet.__all__) <= set(dir(tracelet))

@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-from pydantic import BaseModel, ConfigDict
-
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
     from opentelemetry.sdk.trace import SpanProcessor
+
+    from tracelet._options import ExporterOptions
 
 __all__ = [
     "Batch",
@@ -96,10 +96,23 @@ class RunInfo:
     resume: dict[str, Any] | None = None
 
 
-class ExporterOptions(BaseModel):
-    """Base of each exporter's `config` options; unknown keys are rejected."""
+def __getattr__(name: str) -> Any:
+    # ExporterOptions is a pydantic model: imported when first asked for (PEP 562),
+    # so that importing this contract does not import pydantic.
+    if name == "ExporterOptions":
+        from tracelet._options import ExporterOptions
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+        return ExporterOptions
+    raise AttributeError(f"module 'tracelet.export' has no attribute {name!r}")
+
+
+class _BaseOptions:
+    """The `options` of a backend class that sets none: `ExporterOptions`, imported on first use."""
+
+    def __get__(self, obj: object, owner: type | None = None) -> type[ExporterOptions]:
+        from tracelet._options import ExporterOptions
+
+        return ExporterOptions
 
 
 class TrackerExporter(ABC):
@@ -111,7 +124,10 @@ class TrackerExporter(ABC):
     """
 
     name: ClassVar[str]
-    options: ClassVar[type[ExporterOptions]] = ExporterOptions
+    if TYPE_CHECKING:
+        options: ClassVar[type[ExporterOptions]]
+    else:
+        options = _BaseOptions()
     requires: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str | None] = None
     #: Most metric points one `export` call should receive.
@@ -191,7 +207,10 @@ class TelemetryBackend(ABC):
     """
 
     name: ClassVar[str]
-    options: ClassVar[type[ExporterOptions]] = ExporterOptions
+    if TYPE_CHECKING:
+        options: ClassVar[type[ExporterOptions]]
+    else:
+        options = _BaseOptions()
     requires: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str | None] = None
     #: Longest the end-of-run flush may wait on this backend before `abort`
