@@ -33,6 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from opentelemetry import context as otel_context
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+
 from tracelet import _secrets
 from tracelet._journal import read_batches
 from tracelet._rundir import save_json
@@ -120,11 +123,16 @@ class Delivery:
     # -- the thread -------------------------------------------------------------
 
     def _run(self) -> None:
+        # As the OTel SDK's own readers do around exports: an instrumented HTTP
+        # client (requests, urllib3, grpc) does not trace the exporters' uploads.
+        token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
             self._loop()
         except BaseException as exc:  # a bug here must be reported, not kill the run silently
             self.error = exc
             _log.exception("tracelet: delivery to %r stopped: %r", self.backend, exc)
+        finally:
+            otel_context.detach(token)
 
     def _loop(self) -> None:
         if not self._retry("start", self._start):
