@@ -18,11 +18,14 @@ import json
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from tracelet._version import __version__
 
+#: The folder, under the ``dir`` setting, that holds one folder per run.
+RUNS_DIR = "runs"
 RUN_FILE = "run.json"
 JOURNAL_FILE = "journal.jsonl"
 LOCK_FILE = ".lock"
@@ -38,6 +41,11 @@ def save_json(path: Path, data: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def new_run_dir(base: str | Path, run_id: str) -> Path:
+    """The folder of a new run: ``<base>/runs/<time>-<run id prefix>``, absolute (not created)."""
+    return Path(base).absolute() / RUNS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:8]}"
 
 
 def state_path(run_dir: Path, backend: str) -> Path:

@@ -20,7 +20,6 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -126,8 +125,7 @@ def _create(
     run_id = uuid.uuid4().hex
     project = settings.project or "default"
     name = settings.exp_name or time.strftime("run-%Y%m%d-%H%M%S")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(settings.dir).absolute() / "runs" / f"{stamp}-{run_id[:8]}"
+    run_dir = _rundir.new_run_dir(settings.dir, run_id)
     run_dir.mkdir(parents=True, exist_ok=False)
     run_lock = _rundir.RunLock(run_dir)  # held while this process owns the run (tracelet sync)
     run_lock.acquire()
@@ -159,7 +157,7 @@ def _create(
         ),
     )
     history = History(
-        run_dir / "journal.jsonl",
+        run_dir / _rundir.JOURNAL_FILE,
         flush_interval=settings.flush_interval,
         max_buffered=settings.max_buffered_points,
         on_names=telemetry.observe,
@@ -170,7 +168,7 @@ def _create(
             cls(options[backend]),
             info,
             history,
-            run_dir / f"{backend}.state.json",
+            _rundir.state_path(run_dir, backend),
             on_started=_exit_hook_first,
         )
         for backend, cls in classes.items()
