@@ -47,10 +47,9 @@ def _send(exporter: Any, points: list[Any]) -> None:
 
 
 def one(backend: str, n: int) -> dict[str, Any]:
+    from tracelet.export import RunInfo
     from tracelet.exporters.clearml import ClearMLExporter, stored_events
     from tracelet.exporters.wandb import WandbExporter, read_previous_rows
-
-    from tracelet.export import RunInfo
 
     cls = {"wandb": WandbExporter, "clearml": ClearMLExporter}[backend]
     run = RunInfo(run_id=f"resume{backend}{n}", project="bench-resume", name=f"{backend}-{n}")

@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Generic, TypeVar
+
+from tracelet.export import MetricPoint
 
 _log = logging.getLogger("tracelet")
 
 Entry = tuple[str, int]
+T = TypeVar("T")
 
 
 class StoredTail:
@@ -89,3 +92,33 @@ class StoredTail:
 def pending_entries(state: dict[str, Any]) -> list[Entry]:
     """The ``pending`` entries a resume state carries (none for a state without them)."""
     return [(str(key), int(step)) for key, step in state.get("pending") or ()]
+
+
+class RetryMark(Generic[T]):
+    """How far the last attempt at a batch got, so that a retry sends only the rest.
+
+    Delivery sends a batch again when its export raised (`tracelet._delivery`);
+    W&B and ClearML would store again what the failed attempt had written. A
+    batch is known again by its length and its first and last points.
+    """
+
+    def __init__(self) -> None:
+        self._batch: tuple[Any, ...] | None = None
+        self._items: Sequence[T] = ()
+        self._done = 0
+
+    def items(
+        self, points: Sequence[MetricPoint], prepare: Callable[[Sequence[MetricPoint]], Sequence[T]]
+    ) -> Iterator[T]:
+        """What is left to send of ``prepare(points)``, prepared once per batch.
+
+        An item counts as sent when the next one is asked for: one whose sending
+        raised is the first of the retry.
+        """
+        batch = (len(points), points[0], points[-1])
+        if batch != self._batch:
+            self._batch, self._items, self._done = batch, prepare(points), 0
+        while self._done < len(self._items):
+            yield self._items[self._done]
+            self._done += 1
+        self._batch = None

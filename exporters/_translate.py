@@ -5,17 +5,55 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 _log = logging.getLogger("tracelet")
 
 T = TypeVar("T")
+N = TypeVar("N")
 
 
 def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     """Consecutive slices of at most `size` items."""
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+class UniqueNames(Generic[N]):
+    """The names a backend stores, each standing for one tracelet name only.
+
+    `claim` hands a tracelet name the name it wants, or, when another tracelet
+    name holds that one already (``a@b`` and ``a_b`` both becoming ``a_b``), the
+    first free ``suffixed(wanted, n)`` for n = 2, 3, ...: two series never merge.
+
+    Args:
+        suffixed: the wanted name with the suffix for `n` (``a_b`` → ``a_b_2``).
+    """
+
+    def __init__(self, suffixed: Callable[[N, int], N]) -> None:
+        self._suffixed = suffixed
+        self._given: dict[str, N] = {}  # tracelet name -> its stored name
+        self._taken: dict[N, str] = {}  # stored name -> the tracelet name it stands for
+
+    def get(self, name: str) -> N | None:
+        """The stored name `name` was given, if any."""
+        return self._given.get(name)
+
+    def claim(self, name: str, wanted: N) -> N:
+        """Give `name` the stored name `wanted`, or a suffixed one when that is taken."""
+        given, n = wanted, 1
+        while self._taken.get(given, name) != name:
+            n += 1
+            given = self._suffixed(wanted, n)
+        self._taken[given] = name
+        self._given[name] = given
+        return given
+
+
+def suffix(name: str, n: int, max_len: int | None = None) -> str:
+    """``name_<n>``, `name` cut so the result holds at most `max_len` characters."""
+    end = f"_{n}"
+    return (name if max_len is None else name[: max_len - len(end)]) + end
 
 
 class NameMapper:
@@ -44,24 +82,18 @@ class NameMapper:
         self._invalid = re.compile(invalid)
         self._max_len = max_len
         self._fix = fix
-        self._cache: dict[str, str] = {}
-        self._taken: dict[str, str] = {}  # mapped name -> the name it stands for
+        self._names = UniqueNames[str](lambda name, n: suffix(name, n, max_len))
 
     def __call__(self, name: str) -> str:
-        mapped = self._cache.get(name)
+        mapped = self._names.get(name)
         if mapped is None:
-            mapped = self._invalid.sub("_", name)
+            wanted = self._invalid.sub("_", name)
             if self._fix is not None:
-                mapped = self._fix(mapped)
-            mapped = mapped[: self._max_len]
+                wanted = self._fix(wanted)
+            wanted = wanted[: self._max_len]
             if self._fix is not None:
-                mapped = self._fix(mapped)  # a cut can leave a trailing "/"
-            base, n = mapped, 1
-            while self._taken.get(mapped, name) != name:
-                n += 1
-                suffix = f"_{n}"
-                mapped = base[: self._max_len - len(suffix)] + suffix
-            self._taken[mapped] = name
+                wanted = self._fix(wanted)  # a cut can leave a trailing "/"
+            mapped = self._names.claim(name, wanted)
             if mapped != name:
                 _log.warning(
                     "tracelet: %s cannot store the name %r; it is stored as %r",
@@ -69,7 +101,6 @@ class NameMapper:
                     name,
                     mapped,
                 )
-            self._cache[name] = mapped
         return mapped
 
 
@@ -119,3 +150,30 @@ def tag_labels(backend: str, tags: dict[str, str], max_len: int | None = None) -
             label = label[:max_len]
         labels.append(label)
     return labels
+
+
+class TagLabels:
+    """A run's tags as W&B and ClearML keep them: a list of labels, set whole each time.
+
+    The configured labels come first, then one label per tag key logged since,
+    the latest value of a key replacing its earlier label.
+    """
+
+    def __init__(
+        self, backend: str, tags: dict[str, str] | list[str] | None, max_len: int | None = None
+    ) -> None:
+        self._backend = backend
+        self._max_len = max_len
+        #: The labels that stay whatever is logged (the configured ones).
+        self.base = tag_labels(backend, tag_dict(tags), max_len)
+        self._logged: dict[str, str] = {}  # tag key -> its label
+
+    def update(self, tags: dict[str, str]) -> list[str]:
+        """Add logged tags; return every label, for the backend to set."""
+        labels = tag_labels(self._backend, tags, self._max_len)
+        self._logged.update(zip(tags, labels, strict=True))
+        return self.labels
+
+    @property
+    def labels(self) -> list[str]:
+        return [*self.base, *self._logged.values()]

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tracelet.export import MetricPoint
+from tracelet.exporters._translate import UniqueNames, suffix
 
 _log = logging.getLogger("tracelet")
 
@@ -59,17 +60,12 @@ class KeyMapper:
     """
 
     def __init__(self) -> None:
-        self._cache: dict[str, str] = {}
-        self._taken: dict[str, str] = {}  # key -> the metric it stands for
+        self._keys = UniqueNames[str](suffix)
 
     def __call__(self, name: str) -> str:
-        key = self._cache.get(name)
+        key = self._keys.get(name)
         if key is None:
-            key = base = wandb_key(name)
-            n = 1
-            while self._taken.get(key, name) != name:
-                n += 1
-                key = f"{base}_{n}"
+            key = self._keys.claim(name, wandb_key(name))
             if key != name:
                 _log.warning(
                     "tracelet: W&B cannot keep the key %r apart; metric %r is stored as %r",
@@ -77,8 +73,6 @@ class KeyMapper:
                     name,
                     key,
                 )
-            self._taken[key] = name
-            self._cache[name] = key
         return key
 
 

@@ -31,6 +31,15 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from tracelet.export import (
+    Batch,
+    ExporterOptions,
+    ExportResult,
+    MetricPoint,
+    RunInfo,
+    RunStatus,
+    TrackerExporter,
+)
 from tracelet.exporters._clearml_translate import (
     FLOAT32_MAX,
     frameworks,
@@ -38,17 +47,9 @@ from tracelet.exporters._clearml_translate import (
     scalar_value,
     title_series,
 )
-from tracelet.exporters._replay import Entry, StoredTail, pending_entries
-from tracelet.exporters._translate import tag_dict, tag_labels
-
-from tracelet.export import (
-    Batch,
-    ExporterOptions,
-    ExportResult,
-    RunInfo,
-    RunStatus,
-    TrackerExporter,
-)
+from tracelet.exporters._replay import Entry, RetryMark, StoredTail, pending_entries
+from tracelet.exporters._translate import TagLabels, UniqueNames, suffix
+from tracelet.toolkit import line_start
 
 _log = logging.getLogger("tracelet")
 
@@ -125,16 +126,15 @@ class ClearMLExporter(TrackerExporter):
         except Exception as exc:  # never fail the start for it: at worst, a point twice
             _log.warning("tracelet: could not read what ClearML stored before: %r", exc)
             stored = []
-        self._labels = tag_labels("ClearML", tag_dict(cfg.tags))
-        self._tags: dict[str, str] = {}  # tag key -> its label
-        current = Task.current_task()
+        self._tags = TagLabels("ClearML", cfg.tags)
+        current: Task | None = Task.current_task()
         self._owned = current is None or bool(previous)
-        if not self._owned:
+        if current is not None and not previous:
             # ClearML allows one task per process: log into the one the code opened.
             _log.info("tracelet: logging into ClearML task %s, opened by this process", current.id)
             self._task = current
-            self._labels = [*(current.get_tags() or []), *self._labels]
-            current.set_tags(self._labels)
+            self._tags.base = [*(current.get_tags() or []), *self._tags.base]
+            current.set_tags(self._tags.labels)
         else:
             resume = previous or cfg.continue_last_task
             self._master_env = {k: os.environ.get(k) for k in _MASTER_ENV}
@@ -142,7 +142,7 @@ class ClearMLExporter(TrackerExporter):
                 project_name=run.project,
                 task_name=run.name,
                 task_type=Task.TaskTypes(cfg.task_type),
-                tags=self._labels or None,
+                tags=self._tags.labels or None,
                 reuse_last_task_id=cfg.reuse_last_task_id,
                 continue_last_task=resume,
                 output_uri=cfg.output_uri,
@@ -166,9 +166,9 @@ class ClearMLExporter(TrackerExporter):
         _stop_following_forks()
         self._task.set_user_properties(tracelet_run_id=run.run_id)
         self._logger = self._task.get_logger()
-        self._names: dict[str, tuple[str, str]] = {}
+        self._names = UniqueNames[tuple[str, str]](lambda pair, n: (pair[0], suffix(pair[1], n)))
         self._nan_seen: set[str] = set()
-        self._partial: tuple[Any, int] | None = None
+        self._retry = RetryMark[MetricPoint]()
         folder = self._task.get_offline_mode_folder() if Task.is_offline() else None
         self._events = Path(folder) / EVENTS_FILE if folder else None
         self._state = {
@@ -199,18 +199,14 @@ class ClearMLExporter(TrackerExporter):
         if batch.params:
             task.update_parameters(hyperparameters(batch.params, cfg.params_section))
         if batch.tags:
-            self._tags.update(zip(batch.tags, tag_labels("ClearML", batch.tags), strict=True))
-            task.set_tags(self._labels + list(self._tags.values()))
+            task.set_tags(self._tags.update(batch.tags))
         points = batch.metrics
         if not points:
             return ExportResult.SUCCESS
-        # A retried batch goes on after the last point a failed attempt reported.
-        ident = (len(points), points[0], points[-1])
-        done = self._partial[1] if self._partial and self._partial[0] == ident else 0
         report, names = self._logger.report_scalar, self._names
         tail = self._tail if self._tail else None  # resumed after a crash: points to skip
-        for i in range(done, len(points)):
-            name, value, step, _ = points[i]
+        # A retried batch goes on at the point a failed attempt could not report.
+        for name, value, step, _ in self._retry.items(points, list):
             pair = names.get(name) or self._pair(name)
             if not math.isfinite(value):
                 converted = scalar_value(value, cfg.nan_value, cfg.inf_value)
@@ -220,30 +216,23 @@ class ClearMLExporter(TrackerExporter):
                 value = converted
             if tail is not None and tail.holds(event_key(*pair), step):
                 continue  # the task stored it before the crash
-            self._partial = (ident, i)
             report(pair[0], pair[1], value, step)
-        self._partial = None
         return ExportResult.SUCCESS
 
     def _pair(self, name: str) -> tuple[str, str]:
         """(title, series) of a metric, never shared with another (``loss`` vs ``loss/loss``)."""
-        title, series = base = title_series(name)
-        taken = set(self._names.values())
-        n = 1
-        while (title, series) in taken:
-            n += 1
-            series = f"{base[1]}_{n}"
-        if n > 1:
+        wanted = title_series(name)
+        pair = self._names.claim(name, wanted)
+        if pair != wanted:
             _log.warning(
                 "tracelet: ClearML title %r, series %r already holds another metric; "
                 "metric %r is stored as series %r",
-                title,
-                base[1],
+                wanted[0],
+                wanted[1],
                 name,
-                series,
+                pair[1],
             )
-        self._names[name] = (title, series)
-        return title, series
+        return pair
 
     def _left_out(self, name: str, step: int) -> None:
         if name in self._nan_seen:
@@ -323,7 +312,7 @@ def stored_events(previous: dict[str, Any]) -> list[Entry]:
     if not path.exists():
         return []
     with path.open("rb+") as f:
-        start = _line_start(f, int(mark))
+        start = line_start(f, int(mark))
         f.seek(start)
         data = f.read()  # about a second of events: what was written past the mark
         whole = data.rfind(b"\n") + 1
@@ -347,19 +336,6 @@ def stored_events(previous: dict[str, Any]) -> list[Entry]:
     return entries
 
 
-def _line_start(f: Any, offset: int, chunk: int = 1 << 16) -> int:
-    """Where the line holding byte `offset` of `f` starts (`offset` itself at a line start)."""
-    end = offset
-    while end > 0:
-        begin = max(0, end - chunk)
-        f.seek(begin)
-        found = f.read(end - begin).rfind(b"\n")
-        if found >= 0:
-            return begin + found + 1
-        end = begin
-    return 0
-
-
 def _events_waiting(task: Any) -> bool:
     """Whether ClearML's reporter still holds events it has not written or sent."""
     try:
@@ -380,7 +356,7 @@ def _stop_following_forks() -> None:
     try:
         from clearml.binding.environ_bind import PatchOsFork
 
-        PatchOsFork.patch_fork(None)
+        PatchOsFork.patch_fork(None)  # type: ignore[arg-type]  # None (ClearML's own check) unpatches
     except Exception as exc:  # a ClearML without that hook: nothing to undo
         _log.debug("tracelet: could not stop ClearML following forks: %r", exc)
 

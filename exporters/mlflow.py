@@ -24,16 +24,13 @@ r"""MLflow exporter: one MLflow run per tracelet run, written with ``MlflowClien
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import sys
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
-from tracelet.exporters._translate import NameMapper, chunks, tag_dict, truncate
 
-from tracelet._secrets import redact_url
 from tracelet.export import (
     Batch,
     ExporterOptions,
@@ -42,13 +39,12 @@ from tracelet.export import (
     RunStatus,
     TrackerExporter,
 )
+from tracelet.exporters._translate import NameMapper, chunks, tag_dict, truncate
+from tracelet.toolkit import redact_url
 
-# MLflow's own limits (mlflow/utils/validation.py).
-MAX_METRICS_PER_BATCH = 1000
-MAX_PARAMS_TAGS_PER_BATCH = 100
-MAX_PARAM_VALUE = 6000
-MAX_TAG_VALUE = 8000
-MAX_KEY = 250
+# MLflow's limits are read from mlflow.utils.validation when used (MLflow is
+# imported by the exporter, never at module import). Its name rule is a regex
+# inside validate_param_and_metric_name, not a constant: this is its complement.
 INVALID_KEY_CHARS = r"[^\w./\- :]"
 
 
@@ -103,25 +99,26 @@ def fix_path_name(name: str) -> str:
 def batch_requests(batch: Batch, key: NameMapper) -> list[tuple[list[Any], list[Any], list[Any]]]:
     """Translate a batch into ``log_batch`` requests within MLflow's limits."""
     from mlflow.entities import Metric, Param, RunTag
+    from mlflow.utils import validation as limits
 
     metrics = [
         Metric(key(p.name), p.value, p.timestamp_ns // 1_000_000, p.step) for p in batch.metrics
     ]
     params = [
-        Param(key(k), truncate("MLflow", "param", k, "None" if v is None else v, MAX_PARAM_VALUE))
+        Param(
+            key(k),
+            truncate("MLflow", "param", k, "None" if v is None else v, limits.MAX_PARAM_VAL_LENGTH),
+        )
         for k, v in batch.params.items()
     ]
     tags = [
-        RunTag(key(k), truncate("MLflow", "tag", k, v, MAX_TAG_VALUE))
+        RunTag(key(k), truncate("MLflow", "tag", k, v, limits.MAX_TAG_VAL_LENGTH))
         for k, v in batch.tags.items()
     ]
     requests: list[tuple[list[Any], list[Any], list[Any]]] = []
-    for chunk in chunks(metrics, MAX_METRICS_PER_BATCH):
-        requests.append((list(chunk), [], []))
-    for chunk in chunks(params, MAX_PARAMS_TAGS_PER_BATCH):
-        requests.append(([], list(chunk), []))
-    for chunk in chunks(tags, MAX_PARAMS_TAGS_PER_BATCH):
-        requests.append(([], [], list(chunk)))
+    requests += [(list(c), [], []) for c in chunks(metrics, limits.MAX_METRICS_PER_BATCH)]
+    requests += [([], list(c), []) for c in chunks(params, limits.MAX_PARAMS_TAGS_PER_BATCH)]
+    requests += [([], [], list(c)) for c in chunks(tags, limits.MAX_PARAMS_TAGS_PER_BATCH)]
     return requests
 
 
@@ -132,13 +129,18 @@ class MLflowExporter(TrackerExporter):
     options = MLflowOptions
     requires = ("mlflow",)
     extra = "mlflow"
-    max_batch_points = MAX_METRICS_PER_BATCH
+    #: MLflow's MAX_METRICS_PER_BATCH, known before MLflow is imported (a test
+    #: checks it against MLflow's); requests are split by MLflow's own value.
+    max_batch_points = 1000
     config: MLflowOptions
 
     def start(self, run: RunInfo) -> dict[str, Any]:
         from mlflow import MlflowClient
+        from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
 
-        self._key = NameMapper("MLflow", INVALID_KEY_CHARS, MAX_KEY, fix=fix_path_name)
+        self._key = NameMapper(
+            "MLflow", INVALID_KEY_CHARS, MAX_ENTITY_KEY_LENGTH, fix=fix_path_name
+        )
         saved_uri = (run.resume or {}).get("tracking_uri")
         self._client = MlflowClient(tracking_uri=self.config.tracking_uri or saved_uri)
         self._http = _bound_http(self._client, self.config)
@@ -150,9 +152,7 @@ class MLflowExporter(TrackerExporter):
             tags = {
                 "tracelet.run_id": run.run_id,
                 "mlflow.runName": run.name,
-                "mlflow.source.name": sys.argv[0] if sys.argv and sys.argv[0] else "python",
-                "mlflow.source.type": "LOCAL",
-                "mlflow.user": _user(),
+                **context_tags(),
                 **tag_dict(self.config.tags),
             }
             if self.config.description:
@@ -222,7 +222,10 @@ def _bound_http(client: Any, config: MLflowOptions) -> Any:
         token=config.tracking_token,
     )
 
-    class _PinnedTrackingClient(TrackingServiceClient):  # type: ignore[misc]
+    class _PinnedTrackingClient(TrackingServiceClient):
+        def __init__(self, tracking_uri: str) -> None:
+            TrackingServiceClient.__init__(self, tracking_uri)  # typed here, not in MLflow
+
         @property
         def store(self) -> Any:
             return bounded
@@ -245,7 +248,7 @@ def _bound_http(client: Any, config: MLflowOptions) -> Any:
 
 
 def _bounded_store_class(rest_store: type[Any]) -> type[Any]:
-    class BoundedRestStore(rest_store):  # type: ignore[misc,valid-type]
+    class BoundedRestStore(rest_store):  # type: ignore[misc]
         """A `RestStore` whose requests carry this exporter's timeout and retries."""
 
         def __init__(
@@ -295,8 +298,22 @@ def _bounded_store_class(rest_store: type[Any]) -> type[Any]:
     return BoundedRestStore
 
 
-def _user() -> str:
+def context_tags() -> dict[str, str]:
+    """The tags ``mlflow.start_run`` takes from MLflow's default run context.
+
+    ``mlflow.user`` (``MLFLOW_TRACKING_USERNAME``, else the login name),
+    ``mlflow.source.name`` (the script) and ``mlflow.source.type``. Only this
+    provider of MLflow's ``resolve_tags``: its git provider would run git even
+    with ``track_git=False`` and store the remote URL as it is, with any token
+    in it (tracelet records git itself, credentials removed, as ``git.*``
+    tags), and the Databricks providers describe a notebook or job, not a
+    run opened through a client.
+    """
+    from mlflow.tracking.context.default_context import DefaultRunContext
+    from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
+
     try:
-        return getpass.getuser()
-    except Exception:  # no login name in some containers
-        return "unknown"
+        return {str(k): str(v) for k, v in DefaultRunContext().tags().items()}
+    except (KeyError, OSError):  # no login name in some containers: getpass raises there
+        source = sys.argv[0] if sys.argv and sys.argv[0] else "<console>"
+        return {MLFLOW_USER: "unknown", MLFLOW_SOURCE_NAME: source, MLFLOW_SOURCE_TYPE: "LOCAL"}

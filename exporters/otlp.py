@@ -107,7 +107,7 @@ class OTLPOptions(ExporterOptions):
         # Checked with the config, before the run starts, so a typo in the
         # environment is an error at start_logging and not a silent gap later.
         for signal in ("metrics", "traces"):
-            protocol_for(signal, self.protocol, os.environ)  # type: ignore[arg-type]
+            protocol_for(signal, self.protocol, os.environ)
         return self
 
     def __repr_args__(self) -> Any:  # headers may hold secrets: never in a repr or a log
@@ -187,8 +187,14 @@ class OTLPBackend(TelemetryBackend):
         return [BatchSpanProcessor(exporter)]
 
     def abort(self) -> None:
+        from opentelemetry.sdk.trace.export import SpanExporter
+
         # The SDK exporters stop retrying once shut down; the providers' own
         # shutdown then finds them closed and returns at once.
         for exporter in self._exporters:
-            if not getattr(exporter, "_shutdown", False):
+            if getattr(exporter, "_shutdown", False):
+                continue
+            if isinstance(exporter, SpanExporter):  # no timeout: the HTTP one takes no argument
+                exporter.shutdown()
+            else:
                 exporter.shutdown(timeout_millis=0)

@@ -17,11 +17,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from tracelet.exporters._replay import Entry, StoredTail, pending_entries
-from tracelet.exporters._translate import tag_dict, tag_labels
+from tracelet.export import (
+    Batch,
+    ExporterOptions,
+    ExportResult,
+    MetricPoint,
+    RunInfo,
+    RunStatus,
+    TrackerExporter,
+)
+from tracelet.exporters._replay import Entry, RetryMark, StoredTail, pending_entries
+from tracelet.exporters._translate import TagLabels
 from tracelet.exporters._wandb_translate import (
     MAX_TAG,
     RESERVED_KEYS,
@@ -30,15 +40,7 @@ from tracelet.exporters._wandb_translate import (
     Row,
     pack_rows,
 )
-
-from tracelet.export import (
-    Batch,
-    ExporterOptions,
-    ExportResult,
-    RunInfo,
-    RunStatus,
-    TrackerExporter,
-)
+from tracelet.toolkit import iter_wandb_history
 
 #: ``run.finish(exit_code=...)`` per final status; W&B shows non-zero as failed.
 EXIT_CODES = {RunStatus.FINISHED: 0, RunStatus.FAILED: 1, RunStatus.KILLED: 255}
@@ -89,8 +91,7 @@ class WandbExporter(TrackerExporter):
         # tracelet's run must not finish, or be returned instead of, a run the
         # training code opened with wandb.init itself.
         settings = wandb.Settings(**{**(cfg.settings or {}), "reinit": "create_new"})
-        self._labels = tag_labels("W&B", tag_dict(cfg.tags), MAX_TAG)
-        self._tags: dict[str, str] = {}  # tag key -> its label
+        self._tags = TagLabels("W&B", cfg.tags, MAX_TAG)
         self._run = wandb.init(
             project=previous.get("project") or run.project,
             entity=previous.get("entity") or cfg.entity,
@@ -100,7 +101,7 @@ class WandbExporter(TrackerExporter):
             group=cfg.group,
             job_type=cfg.job_type,
             notes=cfg.notes,
-            tags=self._labels or None,
+            tags=self._tags.labels or None,
             mode=cfg.mode,
             dir=cfg.dir,
             settings=settings,
@@ -123,7 +124,7 @@ class WandbExporter(TrackerExporter):
             self._next_step = max(self._next_step, last + 1)
         self._next_step = max(self._next_step, int(previous.get("rows_from") or 0))
         self._tail = StoredTail([*pending_entries(previous), *stored], "W&B")
-        self._partial: tuple[Any, list[Row], int] | None = None
+        self._retry = RetryMark[Row]()
         self._state = {
             "run_id": self._run.id,
             "project": self._run.project,
@@ -147,28 +148,21 @@ class WandbExporter(TrackerExporter):
         if batch.params:
             run.config.update(batch.params, allow_val_change=True)
         if batch.tags:
-            self._tags.update(zip(batch.tags, tag_labels("W&B", batch.tags, MAX_TAG), strict=True))
-            run.tags = tuple(self._labels + list(self._tags.values()))
+            run.tags = tuple(self._tags.update(batch.tags))
         if not batch.metrics:
             return ExportResult.SUCCESS
         # A retried batch resumes after the rows a failed attempt already logged,
         # so a retry never writes a point twice.
-        ident = (len(batch.metrics), batch.metrics[0], batch.metrics[-1])
-        if self._partial is not None and self._partial[0] == ident:
-            _, rows, done = self._partial
-        else:
-            points = batch.metrics
-            if self._tail:  # resumed after a crash: leave out what the run holds already
-                key, holds = self._key, self._tail.holds
-                points = [p for p in points if not holds(key(p.name), p.step)]
-            rows, done = pack_rows(points, self._key), 0
-        for row in rows[done:]:
-            self._partial = (ident, rows, done)
+        for row in self._retry.items(batch.metrics, self._rows):
             run.log(row, step=self._next_step, commit=True)
             self._next_step += 1
-            done += 1
-        self._partial = None
         return ExportResult.SUCCESS
+
+    def _rows(self, points: Sequence[MetricPoint]) -> list[Row]:
+        if self._tail:  # resumed after a crash: leave out what the run holds already
+            key, holds = self._key, self._tail.holds
+            points = [p for p in points if not holds(key(p.name), p.step)]
+        return pack_rows(points, self._key)
 
     def shutdown(
         self, timeout_millis: float = 30_000, status: RunStatus = RunStatus.FINISHED, **kwargs: Any
@@ -198,8 +192,6 @@ def read_previous_rows(
     Returns:
         ``(last_step, [(key, tracelet step), ...])`` for the rows in ``[rows_from, below)``.
     """
-    from tracelet._readback import iter_wandb_history
-
     size = Path(sync_file).stat().st_size
     while True:
         start = max(0, size - window)

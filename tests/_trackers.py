@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from tracelet.exporters._clearml_translate import FLOAT32_MAX
-
 from tracelet.testing import InMemoryExporter, read_clearml_session, read_wandb_run
 
 MLFLOW_FLOAT_MAX = 1.7976931348623157e308

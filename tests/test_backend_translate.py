@@ -6,6 +6,8 @@ import logging
 import math
 
 import pytest
+
+from tracelet.export import MetricPoint
 from tracelet.exporters._clearml_translate import (
     FLOAT32_MAX,
     FRAMEWORKS,
@@ -16,8 +18,6 @@ from tracelet.exporters._clearml_translate import (
 )
 from tracelet.exporters._translate import tag_labels
 from tracelet.exporters._wandb_translate import STEP_KEY, KeyMapper, pack_rows, wandb_key
-
-from tracelet.export import MetricPoint
 
 
 def P(name: str, value: float, step: int, t: int = 1_000_000_000) -> MetricPoint:

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tracelet.exporters._clearml_translate import FLOAT32_MAX
 
 import tracelet
 from tests._trackers import starts_seen, state_of
 from tracelet import TraceletSettings
+from tracelet.exporters._clearml_translate import FLOAT32_MAX
 from tracelet.testing import ClearMLSession, read_clearml_session
 
 pytestmark = pytest.mark.usefixtures("offline_trackers")
@@ -190,6 +190,7 @@ def test_an_explicit_report_use_subprocess_in_clearml_conf_is_respected(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from clearml import config as clearml_config
+
     from tracelet.exporters.clearml import _report_from_threads
 
     class FakeTask:

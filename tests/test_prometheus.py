@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from tracelet.exporters.prometheus import DEFAULT_PORT, listen_address
 
 import tracelet
 from tests._prometheus_server import PrometheusServer, wait_for
 from tests._servers import free_port
 from tracelet import ConfigError, TraceletSettings
+from tracelet.exporters.prometheus import DEFAULT_PORT, listen_address
 from tracelet.testing import InMemoryExporter
 
 ROOT = Path(__file__).resolve().parents[1]

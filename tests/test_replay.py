@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tracelet.exporters._replay import StoredTail
 
 from tracelet.export import Batch, MetricPoint, RunInfo, TrackerExporter
+from tracelet.exporters._replay import StoredTail
 
 RUN = RunInfo(run_id="replay0001", project="replay", name="replay")
 #: Four batches of 20 points, two metrics at steps 0..39.
@@ -96,7 +96,6 @@ def _each_point_once(stored: dict[str, list[tuple[int, float]]]) -> None:
 def test_wandb_resumed_twice_holds_each_point_once() -> None:
     pytest.importorskip("wandb")
     from tracelet.exporters.wandb import WandbExporter
-
     from tracelet.testing import read_wandb_run
 
     states = _crash_and_resume_twice(WandbExporter)
@@ -112,9 +111,8 @@ def test_wandb_resumed_twice_holds_each_point_once() -> None:
 @pytest.mark.usefixtures("offline_trackers")
 def test_clearml_resumed_twice_holds_each_point_once() -> None:
     pytest.importorskip("clearml")
-    from tracelet.exporters.clearml import ClearMLExporter
-
     from tests._trackers import read_clearml
+    from tracelet.exporters.clearml import ClearMLExporter
 
     states = _crash_and_resume_twice(ClearMLExporter)
     assert len({s["offline_folder"] for s in states}) == 1
@@ -127,9 +125,8 @@ def test_clearml_cuts_a_torn_last_line_and_sends_its_events_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     pytest.importorskip("clearml")
-    from tracelet.exporters.clearml import EVENTS_FILE, ClearMLExporter
-
     from tests._trackers import read_clearml
+    from tracelet.exporters.clearml import EVENTS_FILE, ClearMLExporter
 
     a = ClearMLExporter()
     a.start(RUN)
@@ -157,10 +154,10 @@ def test_clearml_cuts_a_torn_last_line_and_sends_its_events_again(
 def test_a_clearml_mark_inside_a_line_reads_from_that_lines_start(chunk: int) -> None:
     import io
 
-    from tracelet.exporters.clearml import _line_start
+    from tracelet.toolkit import line_start
 
     data = io.BytesIO(b"aaa\nbbbb\ncc\n")
-    starts = [_line_start(data, offset, chunk) for offset in range(13)]
+    starts = [line_start(data, offset, chunk) for offset in range(13)]
     assert starts == [0, 0, 0, 0, 4, 4, 4, 4, 4, 9, 9, 9, 12]
 
 
@@ -168,10 +165,9 @@ def test_a_clearml_mark_inside_a_line_reads_from_that_lines_start(chunk: int) ->
 def test_wandb_reads_back_only_the_tail_it_needs() -> None:
     """Reading the tail of a .wandb file finds what a whole read finds, for any mark."""
     pytest.importorskip("wandb")
-    from tracelet.exporters.wandb import WandbExporter, read_previous_rows
-
     from tests._trackers import wandb_written
     from tracelet._readback import iter_wandb_records
+    from tracelet.exporters.wandb import WandbExporter, read_previous_rows
     from tracelet.testing import read_wandb_run
 
     exporter = WandbExporter()

@@ -155,9 +155,8 @@ def test_a_resumed_offline_run_goes_on_after_its_last_row() -> None:
     Offline, W&B starts every file at _step 0, and rows below the first file's
     would be dropped when both files are synced to the same run.
     """
-    from tracelet.exporters.wandb import WandbExporter
-
     from tracelet.export import Batch, MetricPoint, RunInfo
+    from tracelet.exporters.wandb import WandbExporter
 
     info = RunInfo(run_id="resumed0run", project="p", name="n")
     first = WandbExporter()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tracelet.export import Batch, MetricPoint
+from tracelet.toolkit import line_start
 
 _log = logging.getLogger("tracelet")
 
@@ -109,19 +110,7 @@ def read_batches(
 def complete_size(path: Path) -> int:
     """Bytes of `path` up to the end of its last complete frame (a torn tail excluded)."""
     with path.open("rb") as f:
-        f.seek(0, 2)
-        size = f.tell()
-        chunk = 1 << 16
-        end = size
-        while end > 0:  # find the last newline, reading backwards
-            start = max(0, end - chunk)
-            f.seek(start)
-            data = f.read(end - start)
-            newline = data.rfind(b"\n")
-            if newline >= 0:
-                return start + newline + 1
-            end = start
-    return 0
+        return line_start(f, f.seek(0, 2))
 
 
 def count_points(path: Path, offset: int = 0) -> int:
