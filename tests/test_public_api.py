@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +91,28 @@ def test_lazy_names_are_the_real_objects() -> None:
     with pytest.raises(AttributeError, match="no_such_name"):
         tracelet.no_such_name  # noqa: B018
     assert set(tracelet.__all__) <= set(dir(tracelet))
+
+
+def test_exporters_are_part_of_the_package_tree() -> None:
+    """`tracelet.exporters` is found inside the package, with no import hook (editable or wheel)."""
+    import tracelet.exporters.mlflow
+
+    package = Path(tracelet.__file__).parent
+    where = Path(tracelet.exporters.mlflow.__file__).parent
+    assert where == package / "exporters", (
+        f"tracelet.exporters imported from {where}, not {package / 'exporters'}: "
+        "an install made before exporters/ was linked into tracelet/? pip install -e . again"
+    )
+
+
+def test_exporters_use_no_private_core_module() -> None:
+    """Exporters use `tracelet.export` and `tracelet.toolkit`, never the core's `tracelet._*`."""
+    folder = Path(tracelet.__file__).parent / "exporters"
+    private = []
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            private += [f"{path.name}: {n}" for n in names if n.startswith("tracelet._")]
+    assert private == []

@@ -115,13 +115,8 @@ class _BaseOptions:
         return ExporterOptions
 
 
-class TrackerExporter(ABC):
-    """Base class of the exporters found in the ``tracelet.exporters`` entry-point group.
-
-    Subclasses set `name`, `options` (a pydantic model of what `config` may
-    carry for them) and, when they need a third-party SDK, `requires` and
-    `extra`; they import that SDK inside `start`, never at module import.
-    """
+class _Backend:
+    """What every backend class declares, tracker or telemetry (see `TrackerExporter`)."""
 
     name: ClassVar[str]
     if TYPE_CHECKING:
@@ -130,11 +125,21 @@ class TrackerExporter(ABC):
         options = _BaseOptions()
     requires: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str | None] = None
-    #: Most metric points one `export` call should receive.
-    max_batch_points: ClassVar[int] = 1000
 
     def __init__(self, options: ExporterOptions | None = None) -> None:
         self.config = options if options is not None else self.options()
+
+
+class TrackerExporter(_Backend, ABC):
+    """Base class of the exporters found in the ``tracelet.exporters`` entry-point group.
+
+    Subclasses set `name`, `options` (a pydantic model of what `config` may
+    carry for them) and, when they need a third-party SDK, `requires` and
+    `extra`; they import that SDK inside `start`, never at module import.
+    """
+
+    #: Most metric points one `export` call should receive.
+    max_batch_points: ClassVar[int] = 1000
 
     @abstractmethod
     def start(self, run: RunInfo) -> dict[str, Any]:
@@ -186,7 +191,7 @@ class TelemetryContext:
     export_interval_millis: float | None
 
 
-class TelemetryBackend(ABC):
+class TelemetryBackend(_Backend, ABC):
     """Base class of the telemetry backends (``otlp``, ``prometheus``).
 
     They are selected with the same ``backend=`` names and registered in the
@@ -206,19 +211,9 @@ class TelemetryBackend(ABC):
         backend.shutdown()                       # after the providers have shut down
     """
 
-    name: ClassVar[str]
-    if TYPE_CHECKING:
-        options: ClassVar[type[ExporterOptions]]
-    else:
-        options = _BaseOptions()
-    requires: ClassVar[tuple[str, ...]] = ()
-    extra: ClassVar[str | None] = None
     #: Longest the end-of-run flush may wait on this backend before `abort`
     #: is called (milliseconds); ``None`` for a backend that never waits.
     flush_timeout_millis: float | None = None
-
-    def __init__(self, options: ExporterOptions | None = None) -> None:
-        self.config = options if options is not None else self.options()
 
     @abstractmethod
     def metric_readers(self, context: TelemetryContext) -> Sequence[MetricReader]:
