@@ -197,6 +197,10 @@ class TelemetryBackend(ABC):
     #: Longest the end-of-run flush may wait on this backend before `abort`
     #: is called (milliseconds); ``None`` for a backend that never waits.
     flush_timeout_millis: float | None = None
+    #: True once the backend has told the user itself why this run's telemetry
+    #: is not exported (no collector): an end-of-run flush cut short then adds
+    #: no second warning.
+    dropping: bool = False
 
     def __init__(self, options: ExporterOptions | None = None) -> None:
         self.config = options if options is not None else self.options()
