@@ -162,3 +162,76 @@ def test_each_backend_without_its_extra_names_the_install_command(
     # the test double still works, and only its run left a run directory
     assert out["memory"][0] == "FINISHED", out["memory"]
     assert len(out["run_dirs"]) <= 1, out["run_dirs"]
+
+
+@pytest.fixture(scope="module")
+def skinny_python(wheel: Wheel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv holding the wheel with its ``mlflow-skinny`` extra."""
+    env_dir = tmp_path_factory.mktemp("skinny-venv")
+    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    proc = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            f"{wheel.path}[mlflow-skinny]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return python
+
+
+SKINNY_RUN = """
+import json, sys
+from importlib.metadata import distributions
+import tracelet
+names = {d.metadata["Name"].lower() for d in distributions()}
+assert "mlflow-skinny" in names and "mlflow" not in names, sorted(names)
+assert not names & {"pandas", "pyarrow", "scipy", "scikit-learn", "flask"}, sorted(names)
+uri = sys.argv[1]
+with tracelet.start_logging("skinny", "small", config={"mlflow": {"tracking_uri": uri}}) as exp:
+    exp.log_params({"lr": 0.1})
+    for step in range(1500):
+        exp.log_metric("loss", 1 / (step + 1), iteration=step)
+from mlflow import MlflowClient
+client = MlflowClient(uri)
+run = client.get_run(exp._deliveries[0].exporter.run_id)
+steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+print(json.dumps({"report": exp.report.complete, "status": run.info.status,
+                  "params": run.data.params, "steps": sorted(steps)}))
+"""
+
+
+@pytest.mark.parametrize("store", ["local sqlite store", "tracking server"])
+def test_the_mlflow_skinny_extra_logs_every_point(
+    skinny_python: Path, tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    if store == "tracking server":  # served by the full mlflow of the test venv
+        uri = request.getfixturevalue("mlflow_server")
+    else:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACELET_", "PYTHON"))}
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", TRACELET_TRACK_SYSTEM="false")
+    proc = subprocess.run(
+        [str(skinny_python), "-c", SKINNY_RUN, uri],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out == {
+        "report": True,
+        "status": "FINISHED",
+        "params": {"lr": "0.1"},
+        "steps": list(range(1500)),
+    }
