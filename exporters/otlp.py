@@ -155,8 +155,8 @@ class OTLPBackend(TelemetryBackend):
         )
         self.collector = _Collector()
 
-    @property  # type: ignore[override]
-    def flush_timeout_millis(self) -> float:
+    @property
+    def flush_timeout_millis(self) -> float:  # type: ignore[override]
         """The end-of-run flush budget: the exporters' timeout once the collector
         has answered (and did not fail since), else `UNANSWERED_FLUSH_SECONDS`."""
         if self.collector.answering:
@@ -223,8 +223,8 @@ class OTLPBackend(TelemetryBackend):
         self._exporters.append(exporter)
         return [BatchSpanProcessor(exporter)]
 
-    @property  # type: ignore[override]
-    def dropping(self) -> bool:
+    @property
+    def dropping(self) -> bool:  # type: ignore[override]
         """True once the user was told that no collector answers (one line a run)."""
         return self.collector.reported
 
