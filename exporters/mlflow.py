@@ -25,8 +25,12 @@ r"""MLflow exporter: one MLflow run per tracelet run, written with ``MlflowClien
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
@@ -135,6 +139,10 @@ class MLflowExporter(TrackerExporter):
     config: MLflowOptions
 
     def start(self, run: RunInfo) -> dict[str, Any]:
+        with quiet_store_setup():  # the client creates (or migrates) a local store here
+            return self._start(run)
+
+    def _start(self, run: RunInfo) -> dict[str, Any]:
         from mlflow import MlflowClient
         from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
 
@@ -317,3 +325,33 @@ def context_tags() -> dict[str, str]:
     except (KeyError, OSError):  # no login name in some containers: getpass raises there
         source = sys.argv[0] if sys.argv and sys.argv[0] else "<console>"
         return {MLFLOW_USER: "unknown", MLFLOW_SOURCE_NAME: source, MLFLOW_SOURCE_TYPE: "LOCAL"}
+
+
+#: Loggers that tell, at INFO, how MLflow creates or migrates a local SQL store
+#: ("Creating initial MLflow database tables...", "Updating database tables"):
+#: MLflow gives its loggers their own stderr handler, so these reach the
+#: user's terminal at every new store. (Alembic's own lines MLflow already
+#: keeps at WARNING, by configuring the ``alembic`` logger when it migrates.)
+STORE_SETUP_LOGGERS = ("mlflow.store.db.utils",)
+_store_setup = threading.Lock()
+
+
+@contextmanager
+def quiet_store_setup() -> Iterator[None]:
+    """Raise `STORE_SETUP_LOGGERS` to WARNING meanwhile (their warnings still show).
+
+    A logger the user has given a level of their own is left as it is.
+    """
+    with _store_setup:
+        raised = [
+            logger
+            for logger in map(logging.getLogger, STORE_SETUP_LOGGERS)
+            if logger.level == logging.NOTSET
+        ]
+        for logger in raised:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger in raised:
+                logger.setLevel(logging.NOTSET)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -379,3 +380,102 @@ def test_otlp_alone_runs_without_a_tracker(receiver: OTLPReceiver) -> None:
     report = exp.end()
     assert report.backends == [] and report.complete
     assert receiver.latest()["loss"] == [({}, 0.25)]
+
+
+@pytest.fixture
+def no_collector(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An endpoint where nothing listens: a port held bound, never listening (refused)."""
+    for key in list(os.environ):
+        if key.startswith("OTEL_"):
+            monkeypatch.delenv(key)  # the SDK's own timeouts: 10 s an export, with retries
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{held.getsockname()[1]}"
+
+
+def test_no_collector_says_so_once_and_does_not_wait_on_retries_at_the_end(
+    no_collector: str, mlflow_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mlflow import MlflowClient
+
+    caplog.set_level(logging.WARNING)
+    settings = QUIET.model_copy(update={"metrics_interval": 0.1})
+    exp = tracelet.start_logging(
+        backend=["mlflow", "otlp"],
+        config={"mlflow": {"tracking_uri": mlflow_uri}, "otlp": {"endpoint": no_collector}},
+        settings=settings,
+    )
+    otlp = exp.telemetry.backends["otlp"]
+    assert otlp.flush_timeout_millis == 2000  # nothing has answered yet: no wait on retries
+    with exp.span("epoch"):
+        for i in range(3000):
+            exp.log_metric("loss", 1 / (i + 1), iteration=i)
+    for _ in range(600):  # bounded polling: the periodic reader's first export fails
+        if otlp.collector.reported:
+            break
+        threading.Event().wait(0.05)
+    assert otlp.collector.reported and not otlp.collector.answering
+    # the end-of-run flush waits UNANSWERED_FLUSH_SECONDS, not the SDK's 10 s of retries
+    assert otlp.flush_timeout_millis == 2000 < otlp._timeout_millis == 10_000
+    report = exp.end()
+
+    lines = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    port = no_collector.rsplit(":", 1)[1]
+    assert lines == [
+        (
+            "tracelet.exporters.otlp",
+            f"tracelet: no OTLP collector answers at 127.0.0.1:{port}; telemetry for this run "
+            "is dropped while none does (the trackers still get every point)",
+        )
+    ], lines
+    assert report.complete and report.backends[0].delivered == 3000
+    run_id = exp._deliveries[0].exporter.run_id  # type: ignore[attr-defined]
+    history = MlflowClient(tracking_uri=mlflow_uri).get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(3000))
+
+
+def test_no_collector_details_stay_at_debug_for_who_asks(
+    no_collector: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="opentelemetry")
+    exp = tracelet.start_logging(
+        backend=["memory", "otlp"], config={"otlp": {"endpoint": no_collector}}, settings=QUIET
+    )
+    with exp.span("epoch"):
+        exp.log_metric("loss", 1.0)
+    exp.end()
+    sdk = [r for r in caplog.records if r.name.startswith("opentelemetry.exporter.otlp")]
+    assert any("UNAVAILABLE" in r.getMessage() for r in sdk), sdk  # the SDK's own words...
+    assert {r.levelname for r in sdk} == {"DEBUG"}  # ...at DEBUG only
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.name for r in warnings] == ["tracelet.exporters.otlp"]
+
+
+def test_no_collector_in_a_terminal_is_one_line(no_collector: str, tmp_path: Any) -> None:
+    """What a user sees on stderr with no logging configured (Python's last-resort handler)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import tracelet\n"
+        "exp = tracelet.start_logging('run', 'p', backend=['memory', 'otlp'],\n"
+        f"    config={{'otlp': {{'endpoint': {no_collector!r}}}}})\n"
+        "with exp.span('epoch'):\n"
+        "    exp.log_metric('loss', 1.0)\n"
+        "exp.end()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACELET_"))}
+    env["TRACELET_TRACK_SYSTEM"] = "false"
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"tracelet: no OTLP collector answers at {no_collector.split('//')[1]}; telemetry for "
+        "this run is dropped while none does (the trackers still get every point)"
+    ], proc.stderr

@@ -416,13 +416,14 @@ class Telemetry:
                     _log.warning("tracelet: telemetry backend %r did not shut down: %r", name, exc)
 
     def _abort(self) -> None:
-        if not self._aborted:
-            self._aborted = True
+        late = [n for n, b in self.backends.items() if b.flush_timeout_millis and not b.dropping]
+        if not self._aborted and late:
             _log.warning(
                 "tracelet: telemetry backend(s) %s did not finish exporting in time; the "
                 "last telemetry of this run is not exported (trackers are not affected)",
-                ", ".join(repr(n) for n, b in self.backends.items() if b.flush_timeout_millis),
+                ", ".join(map(repr, late)),
             )
+        self._aborted = True
         for backend in self.backends.values():
             try:
                 backend.abort()

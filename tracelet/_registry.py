@@ -20,9 +20,69 @@ GROUP = "tracelet.exporters"
 BackendClass = type[TrackerExporter] | type[TelemetryBackend]
 
 
+#: Entry points that are test doubles rather than trackers (``tracelet.testing``):
+#: they work when named, but an error listing the backends to choose from leaves
+#: them out.
+TEST_DOUBLES = frozenset({"memory"})
+
+
 def available() -> list[str]:
-    """Names of every installed backend."""
+    """Names of every registered backend, whether or not its extra is installed."""
     return sorted({ep.name for ep in entry_points(group=GROUP)})
+
+
+def is_installed(module: str) -> bool:
+    """True when `module` can be imported, without importing it.
+
+    `importlib.util.find_spec` imports a dotted name's parents first, so for
+    ``opentelemetry.exporter.otlp`` without ``opentelemetry.exporter`` it
+    raises `ModuleNotFoundError` instead of returning None.
+    """
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def missing(cls: BackendClass) -> list[str]:
+    """The modules of `cls.requires` that are not installed."""
+    return [mod for mod in cls.requires if not is_installed(mod)]
+
+
+def choices() -> tuple[list[str], dict[str, list[str]]]:
+    """The backends a user can name now, and the extra each other known one needs.
+
+    Returns:
+        The usable names (test doubles left out), sorted, and a mapping from
+        an extra to the backends that need it (``{"otlp": ["otlp", "prometheus"]}``).
+    """
+    usable: list[str] = []
+    needs: dict[str, list[str]] = {}
+    for ep in sorted(entry_points(group=GROUP), key=lambda ep: ep.name):
+        if ep.name in TEST_DOUBLES or ep.name in usable:
+            continue
+        try:
+            cls = ep.load()
+        except Exception:  # a broken third-party plug-in: it cannot be offered
+            continue
+        if missing(cls):
+            needs.setdefault(cls.extra or ep.name, []).append(ep.name)
+        else:
+            usable.append(ep.name)
+    return usable, needs
+
+
+def unknown_backend_message(name: object) -> str:
+    """What `resolve` says about a backend name no exporter provides: what to choose instead."""
+    usable, needs = choices()
+    message = f"unknown backend {name!r}; available backends: {', '.join(usable) or 'none'}"
+    if needs:
+        extras = "; ".join(
+            f"{', '.join(names)} (pip install 'tracelet[{extra}]')"
+            for extra, names in sorted(needs.items())
+        )
+        message += f"; known backends that need an extra: {extras}"
+    return message
 
 
 def resolve(names: Sequence[str]) -> dict[str, BackendClass]:
@@ -39,17 +99,16 @@ def resolve(names: Sequence[str]) -> dict[str, BackendClass]:
     classes: dict[str, BackendClass] = {}
     for name in names:
         if not isinstance(name, str) or name not in found:
-            raise BackendNotFoundError(
-                f"unknown backend {name!r}; available backends: {', '.join(sorted(found))}"
-            )
+            raise BackendNotFoundError(unknown_backend_message(name))
         if name in classes:
             raise ConfigError(f"backend {name!r} is listed twice")
         cls = found[name].load()
-        missing = [mod for mod in cls.requires if importlib.util.find_spec(mod) is None]
-        if missing:
+        absent = missing(cls)
+        if absent:
             extra = cls.extra or name
             raise BackendNotInstalledError(
-                f"backend {name!r} needs {', '.join(missing)}, which is not installed: "
+                f"backend {name!r} needs {', '.join(absent)}, "
+                f"which {'is' if len(absent) == 1 else 'are'} not installed: "
                 f"pip install 'tracelet[{extra}]'"
             )
         classes[name] = cls

@@ -214,6 +214,10 @@ class TelemetryBackend(_Backend, ABC):
     #: Longest the end-of-run flush may wait on this backend before `abort`
     #: is called (milliseconds); ``None`` for a backend that never waits.
     flush_timeout_millis: float | None = None
+    #: True once the backend has told the user itself why this run's telemetry
+    #: is not exported (no collector): an end-of-run flush cut short then adds
+    #: no second warning.
+    dropping: bool = False
 
     @abstractmethod
     def metric_readers(self, context: TelemetryContext) -> Sequence[MetricReader]:

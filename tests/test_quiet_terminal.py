@@ -1,0 +1,58 @@
+"""What a first run prints on the user's terminal: nothing from MLflow creating its store.
+
+MLflow gives its loggers their own stderr handler, so creating a new local
+store used to print "Creating initial MLflow database tables..." and
+"Updating database tables" at INFO on every fresh directory. Each case runs
+in a fresh interpreter, as a user's script does, with no logging configured.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+RUN = """
+import logging, sys
+if sys.argv[1:] == ["explicit"]:  # the user asked for MLflow's store messages
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.INFO)
+import tracelet
+with tracelet.start_logging("first", "hello") as exp:
+    for step in range(100):
+        exp.log_metric("loss", 1 / (step + 1), iteration=step)
+assert exp.report.complete, exp.report
+level = logging.getLogger("mlflow.store.db.utils").level
+assert level == (logging.INFO if sys.argv[1:] == ["explicit"] else logging.NOTSET), level
+"""
+
+
+def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACELET_", "MLFLOW_"))}
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", TRACELET_TRACK_SYSTEM="false")
+    return subprocess.run(
+        [sys.executable, "-c", RUN, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_new_local_store_prints_nothing(tmp_path: Path) -> None:
+    proc = run(tmp_path)  # MLflow's default store: ./mlflow.db, created now
+    assert proc.returncode == 0, proc.stderr
+    assert "database tables" not in proc.stderr, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if "INFO" in line] == [], proc.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run_] = client.search_runs([client.get_experiment_by_name("hello").experiment_id])
+    assert len(client.get_metric_history(run_.info.run_id, "loss")) == 100
+
+
+def test_a_level_the_user_set_is_kept(tmp_path: Path) -> None:
+    proc = run(tmp_path, "explicit")
+    assert proc.returncode == 0, proc.stderr
+    assert "Creating initial MLflow database tables" in proc.stderr, proc.stderr
