@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import tracelet
-from tests._reliability import QUIET, mlflow_history, mlflow_run
+from tests._helpers import QUIET
+from tests._reliability import mlflow_history, mlflow_run
 from tracelet.errors import ExperimentClosedError, ParamConflictError
 from tracelet.testing import InMemoryExporter
 

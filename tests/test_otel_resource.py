@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import tracelet
-from tracelet import TraceletSettings
+from tests._helpers import QUIET
 from tracelet._otel import (
     MAX_PARAM_ATTRIBUTES,
     MAX_PARAM_VALUE,
@@ -16,8 +16,6 @@ from tracelet._otel import (
     param_attributes,
 )
 from tracelet.testing import capture_telemetry
-
-QUIET = TraceletSettings(track_system=False, track_git=False, track_env=False)
 
 
 @pytest.mark.parametrize(

@@ -13,25 +13,21 @@ import pytest
 from tracelet.exporters.mlflow import MLflowExporter
 
 import tracelet
-from tests._reliability import QUIET, assert_exactly_once, mlflow_history, mlflow_run
+from tests._helpers import QUIET, wait_for
+from tests._reliability import assert_exactly_once, mlflow_history, mlflow_run
 from tests._servers import MlflowServer
 from tracelet.export import Batch, ExportResult
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    srv = MlflowServer(tmp_path_factory.mktemp("outage-server")).start()
+def server(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path
+) -> Iterator[MlflowServer]:
+    srv = MlflowServer(tmp_path_factory.mktemp("outage-server"), template=mlflow_template).start()
     try:
         yield srv
     finally:
         srv.stop()
-
-
-def _wait(predicate: object, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -50,7 +46,7 @@ def test_server_stopped_for_30_s_mid_run(server: MlflowServer) -> None:
     done = threading.Event()
 
     def operator() -> None:
-        _wait(lambda: delivery.delivered >= 2000)
+        wait_for(lambda: delivery.delivered >= 2000, 120, "2000 points delivered")
         server.stop()
         outage["down"] = time.monotonic()
         time.sleep(30)  # the outage itself
@@ -145,7 +141,7 @@ def test_mlflows_own_http_retries_are_bounded_for_tracelets_client_only(
         config={"tracking_uri": server.url, "http_timeout": 2}, settings=QUIET,
     )
     [delivery] = exp._deliveries
-    _wait(lambda: delivery.started)
+    wait_for(lambda: delivery.started, 120, "the MLflow run started")
     exporter = delivery.exporter
     assert type(exporter._client._tracking_client.store).__name__ == "BoundedRestStore"
     users_client = MlflowClient(server.url)  # the user's own client keeps MLflow's policy

@@ -7,7 +7,8 @@ import threading
 import pytest
 
 import tracelet
-from tests._reliability import QUIET, assert_exactly_once, mlflow_history, mlflow_run
+from tests._helpers import QUIET
+from tests._reliability import assert_exactly_once, mlflow_history, mlflow_run
 from tracelet.testing import InMemoryExporter
 
 THREADS = 8
