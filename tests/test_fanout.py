@@ -60,6 +60,7 @@ def assert_received_everything(exp: tracelet.Experiment, backend: str, logged: A
     assert stored.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_a_backend_that_cannot_start_costs_the_others_nothing(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, mlflow_uri: str
 ) -> None:
@@ -100,6 +101,7 @@ def test_a_backend_that_cannot_start_costs_the_others_nothing(
     assert_received_everything(exp, "clearml", logged)
 
 
+@pytest.mark.slow
 def test_a_backend_that_fails_mid_run_costs_the_others_nothing(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, mlflow_uri: str
 ) -> None:
@@ -152,6 +154,7 @@ def test_a_backend_that_fails_mid_run_costs_the_others_nothing(
     assert_received_everything(exp, "clearml", logged)
 
 
+@pytest.mark.slow
 def test_a_stalled_backend_does_not_hold_the_others(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

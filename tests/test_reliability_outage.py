@@ -98,6 +98,7 @@ def test_server_stopped_for_30_s_mid_run(server: MlflowServer) -> None:
     assert any(k.startswith("during/") for k in run.data.params)
 
 
+@pytest.mark.slow
 def test_a_batch_retried_after_it_was_applied_is_not_duplicated(
     server: MlflowServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -129,6 +130,7 @@ def test_a_batch_retried_after_it_was_applied_is_not_duplicated(
     assert_exactly_once([s for s, _, _ in history], range(5000), "m")
 
 
+@pytest.mark.slow
 def test_mlflows_own_http_retries_are_bounded_for_tracelets_client_only(
     server: MlflowServer, tmp_path: Path
 ) -> None:

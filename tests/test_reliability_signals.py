@@ -101,6 +101,7 @@ while True:  # a training loop that never ends by itself
     print(f"\nSIGTERM after {len(steps)} points: all delivered, run KILLED")
 
 
+@pytest.mark.slow
 def test_an_application_sigterm_handler_is_chained_not_replaced(
     tmp_path: Path, mlflow_store: Callable[[Path], str]
 ) -> None:
@@ -138,6 +139,7 @@ mark("left-loop", points=i)
     assert_exactly_once(steps, range(points), "loss")
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_the_run_killed_with_everything_delivered(
     tmp_path: Path, mlflow_store: Callable[[Path], str]
 ) -> None:

@@ -59,6 +59,7 @@ def everything_written(root: Path) -> str:
     return "\n".join(parts)
 
 
+@pytest.mark.slow
 def test_no_secret_reaches_params_tags_journal_state_files_or_logs(
     planted: Path,
     mlflow_server: str,
