@@ -64,9 +64,7 @@ def mlflow_uri(tmp_path: Path, mlflow_store: Callable[[Path], str]) -> str:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(
-    tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path
-) -> Iterator[str]:
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path) -> Iterator[str]:
     """A real ``mlflow server`` on 127.0.0.1 for the whole session; yields its URL."""
     from tests._servers import MlflowServer
 

@@ -136,8 +136,19 @@ def test_a_torn_last_frame_is_ignored_and_the_status_can_be_overridden(
         f.write(torn[: len(torn) // 2])  # what a kill -9 in the middle of a write leaves
 
     uri = mlflow_store(tmp_path / "torn.db")
-    assert cli.main(["sync", str(exp.run_dir), "--status", "KILLED", "--config",
-                     json.dumps({"mlflow": {"tracking_uri": uri}})]) == 0
+    assert (
+        cli.main(
+            [
+                "sync",
+                str(exp.run_dir),
+                "--status",
+                "KILLED",
+                "--config",
+                json.dumps({"mlflow": {"tracking_uri": uri}}),
+            ]
+        )
+        == 0
+    )
     run = mlflow_run(uri, exp.run_id)
     assert run.info.status == "KILLED"
     steps = [s for s, _, _ in mlflow_history(uri, run.info.run_id, "x")]

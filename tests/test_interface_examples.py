@@ -45,7 +45,11 @@ def run_page(tmp_path: Path) -> subprocess.CompletedProcess[str]:
         "TRACELET_TRACK_SYSTEM": "false",
     }
     return subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 

@@ -18,7 +18,10 @@ NAMES = ("train/loss", "train/acc", "lr")
 
 def log_and_read_back(uri: str) -> None:
     exp = tracelet.start_logging(
-        exp_name="bulk", project="e2e", backend="mlflow", config={"tracking_uri": uri},
+        exp_name="bulk",
+        project="e2e",
+        backend="mlflow",
+        config={"tracking_uri": uri},
         settings=QUIET,
     )
     exp.log_params({"lr": 0.1, "model": {"depth": 18}})
@@ -83,9 +86,15 @@ def test_default_is_mlflows_local_store_in_the_working_directory(mlflow_uri: str
 
 
 def test_failed_run_is_marked_failed_in_mlflow(mlflow_uri: str) -> None:
-    with pytest.raises(RuntimeError, match="boom"), tracelet.start_logging(
-        "fails", "e2e", config={"tracking_uri": mlflow_uri, "tags": {"team": "cv"}}, settings=QUIET
-    ) as exp:
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        tracelet.start_logging(
+            "fails",
+            "e2e",
+            config={"tracking_uri": mlflow_uri, "tags": {"team": "cv"}},
+            settings=QUIET,
+        ) as exp,
+    ):
         exp.log_metric("loss", 1.0)
         raise RuntimeError("boom")
     client = MlflowClient(mlflow_uri)

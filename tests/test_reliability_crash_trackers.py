@@ -85,9 +85,7 @@ def crashed(
     for line in synced.stderr.splitlines():  # how much of the replay each tracker held
         if "resumed" in line:
             print("\n" + line)
-    after = {
-        b: json.loads((run_dir / f"{b}.state.json").read_text()) for b in ("wandb", "clearml")
-    }
+    after = {b: json.loads((run_dir / f"{b}.state.json").read_text()) for b in ("wandb", "clearml")}
     total = int(synced.stdout.split(" points,")[0].rsplit(",", 1)[-1].strip())
     return {"states": states, "after": after, "total": total, "tmp": tmp}
 

@@ -118,8 +118,11 @@ def test_a_batch_retried_after_it_was_applied_is_not_duplicated(
     monkeypatch.setattr(MLflowExporter, "export", export_then_lose_answer)
     monkeypatch.setattr("tracelet._delivery._BACKOFF_FIRST", 0.01)
     exp = tracelet.start_logging(
-        "half-applied", "reliability", backend="mlflow",
-        config={"tracking_uri": server.url}, settings=QUIET,
+        "half-applied",
+        "reliability",
+        backend="mlflow",
+        config={"tracking_uri": server.url},
+        settings=QUIET,
     )
     for i in range(5000):
         exp.log_metric("m", i * 0.5, iteration=i)
@@ -139,8 +142,11 @@ def test_mlflows_own_http_retries_are_bounded_for_tracelets_client_only(
 
     env_before = dict(os.environ)
     exp = tracelet.start_logging(
-        "bounded", "reliability", backend="mlflow",
-        config={"tracking_uri": server.url, "http_timeout": 2}, settings=QUIET,
+        "bounded",
+        "reliability",
+        backend="mlflow",
+        config={"tracking_uri": server.url, "http_timeout": 2},
+        settings=QUIET,
     )
     [delivery] = exp._deliveries
     wait_for(lambda: delivery.started, 120, "the MLflow run started")

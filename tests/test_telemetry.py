@@ -37,9 +37,9 @@ def test_resource_identifies_the_run_and_gauges_hold_latest_values() -> None:
     assert series["tracelet.points"] == [({}, 3002)]
     # No step or other unbounded value as an attribute: only the tracker name on the
     # per-backend health instruments, and the params on tracelet.run.info.
-    assert {
-        key for points in series.values() for attrs, _ in points for key in attrs
-    } <= {"tracelet.backend"}
+    assert {key for points in series.values() for attrs, _ in points for key in attrs} <= {
+        "tracelet.backend"
+    }
     assert series["tracelet.export.delivered"] == [({"tracelet.backend": "memory"}, 3002)]
 
 
