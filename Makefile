@@ -19,7 +19,7 @@ test: $(VENV)/.installed
 	scripts/test.sh
 
 # The lane to run often: lint, format, types and every test not marked slow
-# (no end-to-end volume tests, no Debian packages); a few minutes on 2 cores.
+# (no end-to-end volume tests, no Debian packages): about a minute on 2 cores.
 test-fast: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
