@@ -1,9 +1,10 @@
 # The two commands of the README:  make quickstart  /  make test
+# (and, while developing, make test-fast)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test bench docs lint clean
+.PHONY: quickstart test test-fast bench docs lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +18,14 @@ quickstart: $(VENV)/.installed
 test: $(VENV)/.installed
 	scripts/test.sh
 
+# The lane to run often: lint, format, types and every test not marked slow
+# (no end-to-end volume tests, no Debian packages): about a minute on 2 cores.
+test-fast: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(PY) -m pytest -q -m "not slow"
+
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks
 
@@ -25,6 +34,7 @@ docs: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
 clean:

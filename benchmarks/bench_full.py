@@ -280,8 +280,17 @@ CONTENDER_FUNCS: dict[str, Callable[[str, Path], Parts]] = {
 
 
 def measure(name: str, n: int, workdir: Path, timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.bench_full", "--child", name, "--points", str(n),
-           "--workdir", str(workdir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_full",
+        "--child",
+        name,
+        "--points",
+        str(n),
+        "--workdir",
+        str(workdir),
+    ]
     proc = subprocess.run(
         cmd, env=child_env(workdir), cwd=workdir, capture_output=True, text=True, timeout=timeout
     )
@@ -292,29 +301,54 @@ def measure(name: str, n: int, workdir: Path, timeout: float) -> dict[str, Any]:
 
 def render(results: Sequence[dict[str, Any]]) -> str:
     header = [
-        "contender", "points", "per call µs", "p99 µs", "worst 100 calls ms", "loop s",
-        "close s", "end-to-end pts/s", "peak RSS MB", "RSS growth MB", "points kept",
+        "contender",
+        "points",
+        "per call µs",
+        "p99 µs",
+        "worst 100 calls ms",
+        "loop s",
+        "close s",
+        "end-to-end pts/s",
+        "peak RSS MB",
+        "RSS growth MB",
+        "points kept",
     ]
     rows = []
     for r in results:
         label = CONTENDERS[r["contender"]][0]
         if "error" in r:
-            rows.append([label, r["points"], "error: " + r["error"].splitlines()[-1][:60]]
-                        + [""] * (len(header) - 3))
+            rows.append(
+                [label, r["points"], "error: " + r["error"].splitlines()[-1][:60]]
+                + [""] * (len(header) - 3)
+            )
             continue
-        rows.append([
-            label, f"{r['points']:,}", r["per_call_ns"] / 1000, r["p99_ns"] / 1000,
-            r["worst_block_ms"], r["loop_s"], r["close_s"], r["throughput"],
-            r["peak_rss_mb"], r["rss_growth_mb"], f"{r['kept']:,}",
-        ])
+        rows.append(
+            [
+                label,
+                f"{r['points']:,}",
+                r["per_call_ns"] / 1000,
+                r["p99_ns"] / 1000,
+                r["worst_block_ms"],
+                r["loop_s"],
+                r["close_s"],
+                r["throughput"],
+                r["peak_rss_mb"],
+                r["rss_growth_mb"],
+                f"{r['kept']:,}",
+            ]
+        )
     return table("Full comparison (one child process per contender)", header, rows)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=100_000)
-    parser.add_argument("--slow-points", type=int, default=2_000,
-                        help="points for plain MLflow log_metric (~5 ms a call)")
+    parser.add_argument(
+        "--slow-points",
+        type=int,
+        default=2_000,
+        help="points for plain MLflow log_metric (~5 ms a call)",
+    )
     parser.add_argument("--only", action="append", choices=list(CONTENDERS))
     parser.add_argument("--out", default="build/bench_full.json")
     parser.add_argument("--timeout", type=float, default=900.0)

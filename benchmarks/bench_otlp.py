@@ -175,9 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
                 if endpoint is not None:
                     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
-                runs[name].append(
-                    bench_tracelet(workdir, name, backends, args.calls, args.repeats)
-                )
+                runs[name].append(bench_tracelet(workdir, name, backends, args.calls, args.repeats))
             runs[sdk].append(bench_sdk_gauge(dead, args.calls, args.repeats))
     receiver.stop()
     rows = {name: _median_run(r) for name, r in runs.items()}

@@ -66,7 +66,9 @@ def main() -> None:
     print(f"\nlogged {report.points} points in run {exp.name!r} (tracelet run id {exp.run_id})")
     for b in report.backends:
         print(f"  {b.backend}: {b.delivered} delivered, {b.undelivered} undelivered")
-    print("\nOpen the run in the MLflow UI:\n  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db")
+    print(
+        "\nOpen the run in the MLflow UI:\n  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+    )
     print("then browse http://127.0.0.1:5000 (experiment 'quickstart').")
 
 

@@ -12,9 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tracelet import TraceletSettings
-
-QUIET = TraceletSettings(track_system=False, track_git=False, track_env=False)
 ROOT = Path(__file__).resolve().parents[1]
 
 

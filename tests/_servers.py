@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,11 +46,17 @@ def stop_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
 
 
 class MlflowServer:
-    """``mlflow server --workers 1`` on 127.0.0.1; `stop` and `start` keep port and store."""
+    """``mlflow server --workers 1`` on 127.0.0.1; `stop` and `start` keep port and store.
 
-    def __init__(self, root: Path, port: int | None = None) -> None:
+    Given a migrated `template` store (the ``mlflow_template`` fixture), the
+    server starts on a copy of it instead of migrating a new one.
+    """
+
+    def __init__(self, root: Path, port: int | None = None, template: Path | None = None) -> None:
         self.root = root
         self.port = port or free_port()
+        if template is not None:
+            shutil.copyfile(template, root / "server.db")
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -59,10 +66,13 @@ class MlflowServer:
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
             "MLFLOW_DISABLE_TELEMETRY": "true",
         }
-        mlflow_bin = Path(sys.executable).with_name("mlflow")
+        # `python -m mlflow`, not bin/mlflow: a venv layered over another one
+        # (a worktree's) runs MLflow from the other one and has no console script.
         self.proc = subprocess.Popen(
             [
-                str(mlflow_bin),
+                sys.executable,
+                "-m",
+                "mlflow",
                 "server",
                 "--host",
                 "127.0.0.1",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import tracelet
+from tests._helpers import copy_mlflow_store, migrate_mlflow_store
 from tracelet.testing import InMemoryExporter, offline_env
 
 # Offline and quiet for every backend SDK, before any of them is imported.
@@ -32,18 +33,43 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     InMemoryExporter.runs.clear()
 
 
-@pytest.fixture
-def mlflow_uri(tmp_path: Path) -> str:
-    """A fresh MLflow sqlite store in the test's directory."""
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow sqlite store migrated once per session, for the tests to copy.
+
+    A store MLflow creates itself runs every alembic migration of its schema
+    first (seconds each time); a copy of this one opens at once. Child
+    processes get a copy too: the tests place it where the child's store goes.
+    """
+    return migrate_mlflow_store(tmp_path_factory.mktemp("mlflow-template") / "mlflow.db")
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def mlflow_store(mlflow_template: Path) -> Callable[[Path], str]:
+    """``mlflow_store(path)``: a new, empty MLflow store at `path` (a copy of the template).
+
+    Returns its ``sqlite:///`` URI.
+    """
+    return lambda path: copy_mlflow_store(mlflow_template, path)
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path, mlflow_store: Callable[[Path], str]) -> str:
+    """A fresh MLflow sqlite store in the test's directory (``mlflow.db``).
+
+    That is also MLflow's default local store (``./mlflow.db``) for a run, or a
+    child process, started in the test's directory without a tracking URI.
+    """
+    return mlflow_store(tmp_path / "mlflow.db")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path) -> Iterator[str]:
     """A real ``mlflow server`` on 127.0.0.1 for the whole session; yields its URL."""
     from tests._servers import MlflowServer
 
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    root = tmp_path_factory.mktemp("mlflow-server")
+    server = MlflowServer(root, template=mlflow_template).start()
     try:
         yield server.url
     finally:

@@ -76,6 +76,7 @@ def page_runs(root: Path) -> dict[str, tuple[list[str], dict[str, dict[str, obje
     return runs
 
 
+@pytest.mark.usefixtures("mlflow_uri")  # the page's default MLflow store, migrated
 def test_interface_page_wandb_and_multi_backend_examples_land(tmp_path: Path) -> None:
     proc = run_page(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

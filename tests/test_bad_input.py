@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import tracelet
-from tests._reliability import QUIET, mlflow_history, mlflow_run
+from tests._helpers import QUIET
+from tests._reliability import mlflow_history, mlflow_run
 from tracelet.errors import ExperimentClosedError, ParamConflictError
 from tracelet.testing import InMemoryExporter
 
@@ -227,7 +228,9 @@ def test_names_mlflow_cannot_store_are_mapped_with_one_warning_and_long_values_c
     run = mlflow_run(mlflow_uri, exp.run_id)
     for name, key in names.items():
         assert [(s, v) for s, v, _ in mlflow_history(mlflow_uri, run.info.run_id, key)] == [
-            (0, 0.0), (1, 1.0), (2, 2.0)
+            (0, 0.0),
+            (1, 1.0),
+            (2, 2.0),
         ], name
         changed = name != key
         warnings = [r for r in caplog.records if f"the name {name!r}" in r.getMessage()]

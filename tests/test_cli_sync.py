@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import tracelet
+from tests._helpers import QUIET, wait_for
 from tests._reliability import (
-    QUIET,
     assert_exactly_once,
     mlflow_history,
     mlflow_run,
@@ -20,28 +20,22 @@ from tests._reliability import (
     run_cli,
 )
 from tests._servers import MlflowServer, free_port
-from tracelet import TraceletSettings, cli
+from tracelet import cli
 from tracelet._journal import encode
 
 SHORT = QUIET.model_copy(update={"close_timeout": 3.0})
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path
+) -> Iterator[MlflowServer]:
     """A real ``mlflow server`` of this module's own, which the tests stop and restart."""
-    srv = MlflowServer(tmp_path_factory.mktemp("sync-server")).start()
+    srv = MlflowServer(tmp_path_factory.mktemp("sync-server"), template=mlflow_template).start()
     try:
         yield srv
     finally:
         srv.stop()
-
-
-def wait_until(predicate: object, timeout: float = 60.0) -> None:
-    """Poll `predicate` (a callable) until true: a checkpoint, not a wait for data to land."""
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -60,7 +54,8 @@ def test_backend_down_at_exit_is_reported_kept_and_synced(
     for i in range(3000):
         exp.log_metric("loss", 1 / (i + 1), iteration=i)
     [delivery] = exp._deliveries
-    wait_until(lambda: delivery.delivered >= 1000)  # the MLflow run exists and holds points
+    # A checkpoint, not a wait for data to land: the MLflow run exists and holds points.
+    wait_for(lambda: delivery.delivered >= 1000, what="1000 points delivered")
     server.stop()
     try:
         for i in range(3000, 8000):
@@ -99,7 +94,9 @@ def test_backend_down_at_exit_is_reported_kept_and_synced(
     assert again.returncode == 0 and "complete" in again.stdout
 
 
-def test_a_backend_down_from_the_start_is_synced_into_the_store_given(tmp_path: Path) -> None:
+def test_a_backend_down_from_the_start_is_synced_into_the_store_given(
+    tmp_path: Path, mlflow_store: Callable[[Path], str]
+) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     exp = tracelet.start_logging(
         "never-up", "sync", backend="mlflow", config={"tracking_uri": dead}, settings=SHORT
@@ -113,7 +110,7 @@ def test_a_backend_down_from_the_start_is_synced_into_the_store_given(tmp_path: 
     assert report is not None and report.backends[0].delivered == 0
     assert not (exp.run_dir / "mlflow.state.json").exists()  # the run was never created
 
-    uri = f"sqlite:///{tmp_path / 'later.db'}"
+    uri = mlflow_store(tmp_path / "later.db")
     code = cli.main(["sync", str(exp.run_dir), "--config", json.dumps({"tracking_uri": uri})])
     assert code == 0
     run = mlflow_run(uri, exp.run_id)
@@ -123,7 +120,9 @@ def test_a_backend_down_from_the_start_is_synced_into_the_store_given(tmp_path: 
     assert_exactly_once([s for s, _, _ in history], range(2500), "acc")
 
 
-def test_a_torn_last_frame_is_ignored_and_the_status_can_be_overridden(tmp_path: Path) -> None:
+def test_a_torn_last_frame_is_ignored_and_the_status_can_be_overridden(
+    tmp_path: Path, mlflow_store: Callable[[Path], str]
+) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     exp = tracelet.start_logging(
         "torn", "sync", backend="mlflow", config={"tracking_uri": dead}, settings=SHORT
@@ -136,9 +135,20 @@ def test_a_torn_last_frame_is_ignored_and_the_status_can_be_overridden(tmp_path:
     with journal.open("ab") as f:
         f.write(torn[: len(torn) // 2])  # what a kill -9 in the middle of a write leaves
 
-    uri = f"sqlite:///{tmp_path / 'torn.db'}"
-    assert cli.main(["sync", str(exp.run_dir), "--status", "KILLED", "--config",
-                     json.dumps({"mlflow": {"tracking_uri": uri}})]) == 0
+    uri = mlflow_store(tmp_path / "torn.db")
+    assert (
+        cli.main(
+            [
+                "sync",
+                str(exp.run_dir),
+                "--status",
+                "KILLED",
+                "--config",
+                json.dumps({"mlflow": {"tracking_uri": uri}}),
+            ]
+        )
+        == 0
+    )
     run = mlflow_run(uri, exp.run_id)
     assert run.info.status == "KILLED"
     steps = [s for s, _, _ in mlflow_history(uri, run.info.run_id, "x")]
@@ -168,13 +178,15 @@ def test_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "no_such" in out and "has no backend 'wandb'" in out
 
 
-def test_options_in_run_json_are_the_non_secret_ones(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'o.db'}"
+def test_options_in_run_json_are_the_non_secret_ones(
+    tmp_path: Path, mlflow_store: Callable[[Path], str]
+) -> None:
+    uri = mlflow_store(tmp_path / "o.db")
     exp = tracelet.start_logging(
         "opts",
         backend="mlflow",
         config={"tracking_uri": uri, "tracking_token": "tok-123456789", "tags": ["a"]},
-        settings=TraceletSettings(track_system=False, track_git=False, track_env=False),
+        settings=QUIET,
     )
     exp.end()
     saved = read_json(exp.run_dir / "run.json")

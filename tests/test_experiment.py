@@ -9,6 +9,7 @@ from importlib.util import find_spec
 import pytest
 
 import tracelet
+from tests._helpers import QUIET
 from tracelet import TraceletSettings
 from tracelet.errors import (
     BackendNotFoundError,
@@ -19,8 +20,6 @@ from tracelet.errors import (
 )
 from tracelet.export import RunStatus
 from tracelet.testing import InMemoryExporter, MemoryRun
-
-QUIET = TraceletSettings(track_system=False, track_git=False, track_env=False)
 
 
 def start(**kwargs: object) -> tracelet.Experiment:

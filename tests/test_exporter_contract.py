@@ -28,9 +28,9 @@ T0 = 1_700_000_000_000_000_000
 
 
 @pytest.fixture(scope="module")
-def mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One sqlite store for the module (creating MLflow's schema costs seconds)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('contract') / 'mlflow.db'}"
+def mlflow_db(tmp_path_factory: pytest.TempPathFactory, mlflow_store: Callable[[Path], str]) -> str:
+    """One sqlite store for the module, a copy of the session's migrated one."""
+    return mlflow_store(tmp_path_factory.mktemp("contract") / "mlflow.db")
 
 
 class Driven:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 import types
 from typing import Any
 
 import pytest
 
 import tracelet
+from tests._helpers import wait_for
 from tracelet import TraceletSettings
 from tracelet._gpu import OTEL_INSTRUMENTS, NvmlDevices, NvmlReading, otel_points, tracker_series
 from tracelet._system import PREFIX, SystemMetrics
@@ -34,10 +34,7 @@ def wait_for_samples(exp: tracelet.Experiment, n: int) -> SystemMetrics:
     """Let the sampler take `n` samples (they come every metrics_interval)."""
     sampler = exp._feeders[0].__self__  # type: ignore[attr-defined]
     assert isinstance(sampler, SystemMetrics)
-    for _ in range(200):
-        if sampler.samples >= n:
-            break
-        time.sleep(0.05)
+    wait_for(lambda: sampler.samples >= n, 60, f"{n} system samples")
     return sampler
 
 

@@ -78,13 +78,13 @@ def run_page(tmp_path: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_every_example_runs_and_lands_in_mlflow(tmp_path: Path) -> None:
-    proc = run_page(tmp_path)
+def test_every_example_runs_and_lands_in_mlflow(tmp_path: Path, mlflow_uri: str) -> None:
+    proc = run_page(tmp_path)  # its MLflow runs go to the default store: mlflow_uri
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Backend error: unknown backend 'invalid_backend'" in proc.stdout
     assert "No active experiment found" not in proc.stdout
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(mlflow_uri)
     runs = {
         (client.get_experiment(r.info.experiment_id).name, r.info.run_name): r
         for r in client.search_runs(

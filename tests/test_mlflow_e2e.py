@@ -9,17 +9,19 @@ import pytest
 from mlflow import MlflowClient
 
 import tracelet
-from tracelet import TraceletSettings
+from tests._helpers import QUIET
 from tracelet.export import RunStatus
 
 N = 100_000
 NAMES = ("train/loss", "train/acc", "lr")
-QUIET = TraceletSettings(track_system=False, track_git=False, track_env=False)
 
 
 def log_and_read_back(uri: str) -> None:
     exp = tracelet.start_logging(
-        exp_name="bulk", project="e2e", backend="mlflow", config={"tracking_uri": uri},
+        exp_name="bulk",
+        project="e2e",
+        backend="mlflow",
+        config={"tracking_uri": uri},
         settings=QUIET,
     )
     exp.log_params({"lr": 0.1, "model": {"depth": 18}})
@@ -69,7 +71,8 @@ def test_100k_points_into_a_real_mlflow_server(mlflow_server: str) -> None:
     log_and_read_back(mlflow_server)
 
 
-def test_default_is_mlflows_local_store_in_the_working_directory(tmp_path: object) -> None:
+def test_default_is_mlflows_local_store_in_the_working_directory(mlflow_uri: str) -> None:
+    # mlflow_uri is ./mlflow.db: the default store, already migrated.
     with tracelet.start_logging("default-store", settings=QUIET) as exp:
         exp.log_metric("loss", 0.5, iteration=3)
         exp.log_metric("loss", math.inf, iteration=4)
@@ -83,9 +86,15 @@ def test_default_is_mlflows_local_store_in_the_working_directory(tmp_path: objec
 
 
 def test_failed_run_is_marked_failed_in_mlflow(mlflow_uri: str) -> None:
-    with pytest.raises(RuntimeError, match="boom"), tracelet.start_logging(
-        "fails", "e2e", config={"tracking_uri": mlflow_uri, "tags": {"team": "cv"}}, settings=QUIET
-    ) as exp:
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        tracelet.start_logging(
+            "fails",
+            "e2e",
+            config={"tracking_uri": mlflow_uri, "tags": {"team": "cv"}},
+            settings=QUIET,
+        ) as exp,
+    ):
         exp.log_metric("loss", 1.0)
         raise RuntimeError("boom")
     client = MlflowClient(mlflow_uri)

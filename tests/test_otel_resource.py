@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import tracelet
-from tracelet import TraceletSettings
+from tests._helpers import QUIET
 from tracelet._otel import (
     MAX_PARAM_ATTRIBUTES,
     MAX_PARAM_VALUE,
@@ -16,8 +16,6 @@ from tracelet._otel import (
     param_attributes,
 )
 from tracelet.testing import capture_telemetry
-
-QUIET = TraceletSettings(track_system=False, track_git=False, track_env=False)
 
 
 @pytest.mark.parametrize(
@@ -75,9 +73,10 @@ def test_k8s_attributes_from_downward_api_variables() -> None:
         "k8s.pod.uid": "u-1",
     }
     # K8S_* names anywhere, and they win over the short ones.
-    assert k8s_attributes({**pod, "K8S_POD_NAME": "x", "K8S_NAMESPACE_NAME": "ns"})[
-        "k8s.pod.name"
-    ] == "x"
+    assert (
+        k8s_attributes({**pod, "K8S_POD_NAME": "x", "K8S_NAMESPACE_NAME": "ns"})["k8s.pod.name"]
+        == "x"
+    )
     # Inside a pod with no pod name variable, HOSTNAME is the pod name.
     assert k8s_attributes({"KUBERNETES_SERVICE_HOST": "h", "HOSTNAME": "trainer-1"}) == {
         "k8s.pod.name": "trainer-1"

@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 
 import tracelet
+from tests._helpers import QUIET
 from tests._otlp_receiver import OTLPReceiver, attributes
 from tests._servers import free_port
-from tracelet import ConfigError, TraceletSettings
+from tracelet import ConfigError
 from tracelet.exporters.otlp import OTLPOptions, protocol_for, signal_endpoint, timeout_seconds
 from tracelet.testing import InMemoryExporter
-
-QUIET = TraceletSettings(track_system=False, track_git=False, track_env=False)
 
 
 @pytest.fixture

@@ -20,15 +20,15 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import tracelet
-from tests._prometheus_server import PrometheusServer, wait_for
+from tests._helpers import QUIET, wait_for
+from tests._prometheus_server import PrometheusServer
 from tests._servers import free_port
-from tracelet import ConfigError, TraceletSettings
+from tracelet import ConfigError
 from tracelet.exporters.prometheus import DEFAULT_PORT, listen_address
 from tracelet.testing import InMemoryExporter
 
 ROOT = Path(__file__).resolve().parents[1]
 COLLECTOR = ROOT / "otel-collector"
-QUIET = TraceletSettings(track_system=False, track_git=False, track_env=False)
 
 
 @pytest.fixture(autouse=True)
@@ -258,7 +258,7 @@ def test_real_prometheus_scrapes_a_training_process(tmp_path: Path) -> None:
             answer = prometheus.query(f'train_loss{{tracelet_run_id="{run_id}"}}')
             return answer["data"]["result"] or None
 
-        [series] = wait_for(loss, 60, "a scrape of the training process")
+        [series] = wait_for(loss, 60, "a scrape of the training process", interval=0.25)
         assert float(series["value"][1]) == pytest.approx(1 / 1000)
         assert series["metric"]["job"] == "tracelet"
         assert series["metric"]["host_name"] == socket.gethostname()

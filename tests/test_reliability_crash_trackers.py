@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests._helpers import wait_for
 from tests._reliability import run_cli, spawn
+from tracelet._journal import count_points
 
 CHILD = """
 import json, os, time, tracelet
@@ -45,12 +47,14 @@ while True:
 
 
 @pytest.fixture(scope="module")
-def crashed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def crashed(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_store: Callable[[Path], str]
+) -> dict[str, Any]:
     pytest.importorskip("wandb")
     pytest.importorskip("clearml")
     tmp = tmp_path_factory.mktemp("crash")
     env = {
-        "TEST_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+        "TEST_URI": mlflow_store(tmp / "mlflow.db"),  # the child opens this migrated copy
         "TEST_WANDB": str(tmp / "wandb"),
         "CLEARML_OFFLINE_MODE": "1",
         "CLEARML_CACHE_DIR": str(tmp / "clearml"),
@@ -58,17 +62,20 @@ def crashed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "WANDB_ERROR_REPORTING": "false",
     }
     proc = spawn(CHILD, tmp, **env)
-    deadline = time.monotonic() + 300
-    while not (tmp / "ready").exists():
+
+    def ready_written() -> bool:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.5)  # points in flight at the kill
+        return (tmp / "ready").exists()
+
+    wait_for(ready_written, 300, "every backend holding 5000 points")
+    ready = json.loads((tmp / "ready").read_text())
+    run_dir = Path(ready["run_dir"])
+    # The loop runs on past the mark: points in flight at the kill.
+    journal = run_dir / "journal.jsonl"
+    wait_for(lambda: count_points(journal) > 20_000, 120, "journal writes past the mark")
     proc.kill()
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
-    ready = json.loads((tmp / "ready").read_text())
-    run_dir = Path(ready["run_dir"])
     states = {
         b: json.loads((run_dir / f"{b}.state.json").read_text())
         for b in ("mlflow", "wandb", "clearml")
@@ -78,9 +85,7 @@ def crashed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     for line in synced.stderr.splitlines():  # how much of the replay each tracker held
         if "resumed" in line:
             print("\n" + line)
-    after = {
-        b: json.loads((run_dir / f"{b}.state.json").read_text()) for b in ("wandb", "clearml")
-    }
+    after = {b: json.loads((run_dir / f"{b}.state.json").read_text()) for b in ("wandb", "clearml")}
     total = int(synced.stdout.split(" points,")[0].rsplit(",", 1)[-1].strip())
     return {"states": states, "after": after, "total": total, "tmp": tmp}
 

@@ -8,13 +8,14 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import tracelet
+from tests._helpers import QUIET
 from tests._reliability import (
-    QUIET,
     assert_exactly_once,
     mlflow_history,
     mlflow_run,
@@ -119,9 +120,11 @@ def test_fork_pool_workers_see_no_active_run(tmp_path: Path, mlflow_uri: str) ->
     assert report.complete and report.points == 2
 
 
-def test_a_child_that_exits_normally_leaves_the_parents_run_open(tmp_path: Path) -> None:
+def test_a_child_that_exits_normally_leaves_the_parents_run_open(
+    tmp_path: Path, mlflow_store: Callable[[Path], str]
+) -> None:
     """At exit a child runs atexit hooks: they must not end (or write) the parent's run."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path / "mlflow.db")  # the child opens this migrated copy
     proc = spawn(
         """
 import os, sys, json, tracelet, logging

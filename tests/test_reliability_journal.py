@@ -13,7 +13,7 @@ import pytest
 
 import tracelet
 import tracelet._history
-from tests._reliability import QUIET
+from tests._helpers import QUIET
 from tracelet._journal import count_points, encode
 from tracelet.export import Batch, ExportResult
 from tracelet.testing import InMemoryExporter

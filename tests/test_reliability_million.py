@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -88,11 +89,13 @@ print(json.dumps({
 
 
 @pytest.mark.slow
-def test_a_million_points_to_three_trackers(tmp_path: Path) -> None:
+def test_a_million_points_to_three_trackers(
+    tmp_path: Path, mlflow_store: Callable[[Path], str]
+) -> None:
     pytest.importorskip("clearml")
     from tests._trackers import read_clearml
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path / "mlflow.db")  # the child opens this migrated copy
     proc = spawn(
         CHILD % {"n": N, "metrics": METRICS},
         tmp_path,

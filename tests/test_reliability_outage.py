@@ -12,26 +12,22 @@ from pathlib import Path
 import pytest
 
 import tracelet
-from tests._reliability import QUIET, assert_exactly_once, mlflow_history, mlflow_run
+from tests._helpers import QUIET, wait_for
+from tests._reliability import assert_exactly_once, mlflow_history, mlflow_run
 from tests._servers import MlflowServer
 from tracelet.export import Batch, ExportResult
 from tracelet.exporters.mlflow import MLflowExporter
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    srv = MlflowServer(tmp_path_factory.mktemp("outage-server")).start()
+def server(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path
+) -> Iterator[MlflowServer]:
+    srv = MlflowServer(tmp_path_factory.mktemp("outage-server"), template=mlflow_template).start()
     try:
         yield srv
     finally:
         srv.stop()
-
-
-def _wait(predicate: object, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -50,7 +46,7 @@ def test_server_stopped_for_30_s_mid_run(server: MlflowServer) -> None:
     done = threading.Event()
 
     def operator() -> None:
-        _wait(lambda: delivery.delivered >= 2000)
+        wait_for(lambda: delivery.delivered >= 2000, 120, "2000 points delivered")
         server.stop()
         outage["down"] = time.monotonic()
         time.sleep(30)  # the outage itself
@@ -102,6 +98,7 @@ def test_server_stopped_for_30_s_mid_run(server: MlflowServer) -> None:
     assert any(k.startswith("during/") for k in run.data.params)
 
 
+@pytest.mark.slow
 def test_a_batch_retried_after_it_was_applied_is_not_duplicated(
     server: MlflowServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -121,8 +118,11 @@ def test_a_batch_retried_after_it_was_applied_is_not_duplicated(
     monkeypatch.setattr(MLflowExporter, "export", export_then_lose_answer)
     monkeypatch.setattr("tracelet._delivery._BACKOFF_FIRST", 0.01)
     exp = tracelet.start_logging(
-        "half-applied", "reliability", backend="mlflow",
-        config={"tracking_uri": server.url}, settings=QUIET,
+        "half-applied",
+        "reliability",
+        backend="mlflow",
+        config={"tracking_uri": server.url},
+        settings=QUIET,
     )
     for i in range(5000):
         exp.log_metric("m", i * 0.5, iteration=i)
@@ -133,6 +133,7 @@ def test_a_batch_retried_after_it_was_applied_is_not_duplicated(
     assert_exactly_once([s for s, _, _ in history], range(5000), "m")
 
 
+@pytest.mark.slow
 def test_mlflows_own_http_retries_are_bounded_for_tracelets_client_only(
     server: MlflowServer, tmp_path: Path
 ) -> None:
@@ -141,11 +142,14 @@ def test_mlflows_own_http_retries_are_bounded_for_tracelets_client_only(
 
     env_before = dict(os.environ)
     exp = tracelet.start_logging(
-        "bounded", "reliability", backend="mlflow",
-        config={"tracking_uri": server.url, "http_timeout": 2}, settings=QUIET,
+        "bounded",
+        "reliability",
+        backend="mlflow",
+        config={"tracking_uri": server.url, "http_timeout": 2},
+        settings=QUIET,
     )
     [delivery] = exp._deliveries
-    _wait(lambda: delivery.started)
+    wait_for(lambda: delivery.started, 120, "the MLflow run started")
     exporter = delivery.exporter
     assert type(exporter._client._tracking_client.store).__name__ == "BoundedRestStore"
     users_client = MlflowClient(server.url)  # the user's own client keeps MLflow's policy

@@ -6,10 +6,12 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests._helpers import wait_for
 from tests._reliability import (
     assert_exactly_once,
     mlflow_history,
@@ -19,11 +21,13 @@ from tests._reliability import (
     run_dirs,
     spawn,
 )
+from tracelet._journal import count_points
 
 PRELUDE = """
 import json, math, os, signal, sys, time
 import tracelet
 from tracelet import TraceletSettings
+from tracelet._journal import count_points
 
 URI = os.environ["TEST_URI"]
 SETTINGS = TraceletSettings(track_system=False, track_git=False, track_env=False)
@@ -42,12 +46,13 @@ def mark(what, **info):
 
 def wait_for_file(path: Path, proc: subprocess.Popen[str], timeout: float = 120.0) -> dict:
     """The JSON the child writes when it reaches a point of the test."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
+
+    def written() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"child exited with {proc.returncode}: {proc.stderr.read()}")  # type: ignore[union-attr]
-        assert time.monotonic() < deadline, f"{path.name} not written"
-        time.sleep(0.02)
+        return path.exists()
+
+    wait_for(written, timeout, f"{path.name} written by the child", interval=0.02)
     return dict(json.loads(path.read_text()))
 
 
@@ -62,8 +67,10 @@ def read_loss(uri: str, run_id: str) -> tuple[object, list[int]]:
 
 
 @pytest.mark.slow
-def test_sigterm_drains_closes_killed_and_still_terminates(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_sigterm_drains_closes_killed_and_still_terminates(
+    tmp_path: Path, mlflow_store: Callable[[Path], str]
+) -> None:
+    uri = mlflow_store(tmp_path / "mlflow.db")
     proc = spawn(
         PRELUDE
         + """
@@ -94,8 +101,11 @@ while True:  # a training loop that never ends by itself
     print(f"\nSIGTERM after {len(steps)} points: all delivered, run KILLED")
 
 
-def test_an_application_sigterm_handler_is_chained_not_replaced(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+@pytest.mark.slow
+def test_an_application_sigterm_handler_is_chained_not_replaced(
+    tmp_path: Path, mlflow_store: Callable[[Path], str]
+) -> None:
+    uri = mlflow_store(tmp_path / "mlflow.db")
     proc = spawn(
         PRELUDE
         + """
@@ -129,11 +139,17 @@ mark("left-loop", points=i)
     assert_exactly_once(steps, range(points), "loss")
 
 
-def test_ctrl_c_ends_the_run_killed_with_everything_delivered(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+@pytest.mark.slow
+def test_ctrl_c_ends_the_run_killed_with_everything_delivered(
+    tmp_path: Path, mlflow_store: Callable[[Path], str]
+) -> None:
+    uri = mlflow_store(tmp_path / "mlflow.db")
     proc = spawn(
         PRELUDE
         + """
+# Ctrl-C as in a terminal, even where the test runner's own SIGINT is ignored
+# (a background job): a child would inherit SIG_IGN and never see the signal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 with start("ctrl-c") as exp:
     i = 0
     while True:
@@ -158,8 +174,10 @@ with start("ctrl-c") as exp:
 
 
 @pytest.mark.slow
-def test_kill_9_keeps_what_was_journaled_and_sync_recovers_it(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_kill_9_keeps_what_was_journaled_and_sync_recovers_it(
+    tmp_path: Path, mlflow_store: Callable[[Path], str]
+) -> None:
+    uri = mlflow_store(tmp_path / "mlflow.db")
     proc = spawn(
         PRELUDE
         + """
@@ -169,8 +187,10 @@ i = 0
 while True:
     exp.log_metric("loss", 1.0 / (i + 1), iteration=i)
     i += 1
-    if i == 30_000:
-        time.sleep(1.0)  # an idle moment longer than flush_interval (0.2 s)
+    if i == 30_000:  # an idle moment: until the journal on disk holds all of it
+        journal = exp.run_dir / "journal.jsonl"
+        while not (journal.exists() and count_points(journal) >= 30_000):
+            time.sleep(0.01)
         mark("ready", run_id=exp.run_id, run_dir=str(exp.run_dir))
     if i > 30_000 and i % 20 == 0:
         time.sleep(0.0005)
@@ -179,7 +199,9 @@ while True:
         TEST_URI=uri,
     )
     ready = wait_for_file(tmp_path / "ready", proc)
-    time.sleep(0.3)  # let the loop run on: points in flight at the kill
+    # The loop runs on: a journal write after the idle moment, and points in flight at the kill.
+    journal = Path(ready["run_dir"]) / "journal.jsonl"
+    wait_for(lambda: count_points(journal) > 30_000, 120, "a journal write after the idle moment")
     killed_at = time.time_ns()
     proc.kill()
     code, _ = finish(proc)

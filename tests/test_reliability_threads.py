@@ -7,7 +7,8 @@ import threading
 import pytest
 
 import tracelet
-from tests._reliability import QUIET, assert_exactly_once, mlflow_history, mlflow_run
+from tests._helpers import QUIET
+from tests._reliability import assert_exactly_once, mlflow_history, mlflow_run
 from tracelet.testing import InMemoryExporter
 
 THREADS = 8
@@ -59,8 +60,11 @@ def test_8_threads_x_50000_points_into_mlflow(mlflow_uri: str) -> None:
     per_thread = 50_000
     settings = QUIET.model_copy(update={"close_timeout": 600.0})
     exp = tracelet.start_logging(
-        "threads", "reliability", backend=["mlflow", "memory"],
-        config={"mlflow": {"tracking_uri": mlflow_uri}}, settings=settings,
+        "threads",
+        "reliability",
+        backend=["mlflow", "memory"],
+        config={"mlflow": {"tracking_uri": mlflow_uri}},
+        settings=settings,
     )
     hammer(exp, per_thread)
     report = exp.end()

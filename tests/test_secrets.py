@@ -42,8 +42,13 @@ def planted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "OTEL_EXPORTER_OTLP_HEADERS", f"authorization=Bearer {OTEL_BEARER},x-api-key={OTEL_KEY}"
     )
     git("init", "-q", cwd=tmp_path)
-    git("remote", "add", "origin",
-        f"https://x-access-token:{GIT_TOKEN}@github.com/org/repo.git", cwd=tmp_path)
+    git(
+        "remote",
+        "add",
+        "origin",
+        f"https://x-access-token:{GIT_TOKEN}@github.com/org/repo.git",
+        cwd=tmp_path,
+    )
     (tmp_path / "train.py").write_text("print('train')\n")
     git("add", "train.py", cwd=tmp_path)
     git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "c", cwd=tmp_path)
@@ -59,6 +64,7 @@ def everything_written(root: Path) -> str:
     return "\n".join(parts)
 
 
+@pytest.mark.slow
 def test_no_secret_reaches_params_tags_journal_state_files_or_logs(
     planted: Path,
     mlflow_server: str,
@@ -69,21 +75,29 @@ def test_no_secret_reaches_params_tags_journal_state_files_or_logs(
     host = mlflow_server.split("://", 1)[1]
     uri = f"http://user:{URI_PASSWORD}@{host}"
     settings = TraceletSettings(
-        track_system=False, track_git=True, track_env=True, keep_journal=True,
+        track_system=False,
+        track_git=True,
+        track_env=True,
+        keep_journal=True,
         config={"mlflow": {"tracking_token": CONFIG_TOKEN}},
     )
     with capture_telemetry() as telemetry:
         exp = tracelet.start_logging(
-            "secrets", "secrets", backend=["mlflow", "memory"],
-            config={"mlflow": {"tracking_uri": uri}}, settings=settings,
+            "secrets",
+            "secrets",
+            backend=["mlflow", "memory"],
+            config={"mlflow": {"tracking_uri": uri}},
+            settings=settings,
         )
     # What a careless script does with them.
-    exp.log_params({
-        "api_key": ENV_SECRETS["WANDB_API_KEY"],
-        "cmd": f"train.py --token {CONFIG_TOKEN} --lr 0.1",
-        "nested": {"hf": ENV_SECRETS["HF_TOKEN"]},
-        "lr": 0.1,
-    })
+    exp.log_params(
+        {
+            "api_key": ENV_SECRETS["WANDB_API_KEY"],
+            "cmd": f"train.py --token {CONFIG_TOKEN} --lr 0.1",
+            "nested": {"hf": ENV_SECRETS["HF_TOKEN"]},
+            "lr": 0.1,
+        }
+    )
     exp.set_tags({"auth": f"Bearer {OTEL_BEARER}", "remote": f"https://{GIT_TOKEN}@github.com/x"})
     for i in range(100):
         exp.log_metric("loss", 1 / (i + 1), iteration=i)
@@ -94,7 +108,10 @@ def test_no_secret_reaches_params_tags_journal_state_files_or_logs(
     # A backend that fails, so its errors (which quote the URL) are logged and reported.
     dead = f"http://user:{URI_PASSWORD}@127.0.0.1:{free_port()}"
     failing = tracelet.start_logging(
-        "secrets-down", "secrets", backend="mlflow", config={"tracking_uri": dead},
+        "secrets-down",
+        "secrets",
+        backend="mlflow",
+        config={"tracking_uri": dead},
         settings=settings.model_copy(update={"close_timeout": 1.0}),
     )
     failing.log_metric("loss", 1.0)
@@ -106,10 +123,14 @@ def test_no_secret_reaches_params_tags_journal_state_files_or_logs(
 
     run = mlflow_run(mlflow_server, exp.run_id)
     client = MlflowClient(mlflow_server)
-    stored = "\n".join([
-        repr(run.data.params), repr(run.data.tags), repr(run.data.metrics),
-        repr(client.get_run(run.info.run_id).info),
-    ])
+    stored = "\n".join(
+        [
+            repr(run.data.params),
+            repr(run.data.tags),
+            repr(run.data.metrics),
+            repr(client.get_run(run.info.run_id).info),
+        ]
+    )
     out = capsys.readouterr()
     haystacks = {
         "files under the working directory": everything_written(planted),

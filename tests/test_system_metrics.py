@@ -6,14 +6,15 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from mlflow import MlflowClient
 
 import tracelet
+from tests._helpers import wait_for
 from tracelet import TraceletSettings
 from tracelet._system import OTEL_HOST_CONFIG, PREFIX, SystemMetrics
 from tracelet.testing import InMemoryExporter, MemoryRun, capture_telemetry
@@ -54,22 +55,32 @@ def sampler_of(exp: tracelet.Experiment) -> SystemMetrics:
     return sampler
 
 
-def train_for(exp: tracelet.Experiment, seconds: float, collect: Any = None) -> int:
-    """A stand-in training loop: a step every 0.5 s for `seconds`; returns the last step."""
-    step = 0
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        exp.log_metric("train/loss", 1.0 / (step + 1), iteration=step)
-        time.sleep(0.5)
-        if collect is not None:  # like a reader exporting every 0.5 s
-            collect()
+def train_until(
+    exp: tracelet.Experiment,
+    done: Callable[[], bool],
+    collect: Callable[[], None] | None = None,
+    what: str = "the samples awaited",
+) -> int:
+    """A stand-in training loop: a step every 0.1 s until `done()`; returns the last step.
+
+    It ends on what the test observes (samples taken, collections seen), not
+    after a time, so a busy machine only makes it longer.
+    """
+    step = -1
+
+    def train_step() -> bool:
+        nonlocal step
         step += 1
-    return step - 1
+        exp.log_metric("train/loss", 1.0 / (step + 1), iteration=step)
+        if collect is not None:  # like a reader exporting after each step
+            collect()
+        return done()
+
+    wait_for(train_step, 120, what, interval=0.1)
+    return step
 
 
-def test_a_three_second_run_has_five_samples_of_each_series_in_mlflow_and_otel(
-    mlflow_uri: str,
-) -> None:
+def test_a_run_of_five_samples_has_each_series_in_mlflow_and_otel(mlflow_uri: str) -> None:
     seen: Counter[str] = Counter()
     with capture_telemetry() as capture:
 
@@ -86,8 +97,13 @@ def test_a_three_second_run_has_five_samples_of_each_series_in_mlflow_and_otel(
             settings=settings(metrics_interval=0.5),
         )
         assert exp._feeders, "track_system is on by default"
-        last_step = train_for(exp, 3.0, collect)
         sampler = sampler_of(exp)
+        last_step = train_until(
+            exp,
+            lambda: sampler.samples >= 5 and all(seen[n] >= 5 for n in OTEL_HOST_CONFIG),
+            collect,
+            "five samples and five collections",
+        )
         report = exp.end()
     assert report.complete
 
@@ -128,7 +144,7 @@ def test_track_system_off_records_nothing(mlflow_uri: str) -> None:
             settings=settings(track_system=False, metrics_interval=0.2),
         )
         assert "tracelet-system" not in {t.name for t in threading.enumerate()}
-        train_for(exp, 1.0, collect)
+        train_until(exp, lambda: exp.step >= 4, collect, "five steps")  # sampling never starts
         exp.end()
     assert names and not any(n.startswith(("system.", "process.", "hw.")) for n in names)
     assert not [p for p in memory_run(exp).metrics if p.name.startswith(PREFIX)]
@@ -151,7 +167,7 @@ def test_the_sampler_is_a_named_daemon_thread_that_stops_at_once() -> None:
 def test_every_sample_taken_is_delivered_before_the_run_closes() -> None:
     exp = tracelet.start_logging(backend="memory", settings=settings(metrics_interval=0.1))
     sampler = sampler_of(exp)
-    train_for(exp, 1.0)
+    train_until(exp, lambda: sampler.samples >= 2)
     exp.end()
     assert sampler.samples >= 2
     for name in ALWAYS:
@@ -187,7 +203,8 @@ def test_a_second_run_in_the_process_gets_the_host_instruments() -> None:
             exp = tracelet.start_logging(
                 exp_name=name, backend="memory", settings=settings(metrics_interval=0.1)
             )
-            train_for(exp, 0.6)
+            sampler = sampler_of(exp)
+            train_until(exp, lambda s=sampler: s.samples >= 2)
             _, series = capture.collect()
             exp.end()
         assert series.get("system.cpu.utilization"), name
@@ -211,7 +228,8 @@ def test_an_instrumentation_the_application_made_is_left_alone(
         caplog.set_level(logging.INFO, logger="tracelet")
         with capture_telemetry() as capture:
             exp = tracelet.start_logging(backend="memory", settings=settings(metrics_interval=0.1))
-            train_for(exp, 0.6)
+            sampler = sampler_of(exp)
+            train_until(exp, lambda: sampler.samples >= 2)
             _, series = capture.collect()
             exp.end()
         assert not any(n.startswith(("system.", "process.")) for n in series)

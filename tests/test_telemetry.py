@@ -9,11 +9,9 @@ import socket
 import pytest
 
 import tracelet
-from tracelet import TraceletSettings
+from tests._helpers import QUIET
 from tracelet._otel import instrument_name
 from tracelet.testing import capture_telemetry
-
-QUIET = TraceletSettings(track_system=False, track_git=False, track_env=False)
 
 
 def test_resource_identifies_the_run_and_gauges_hold_latest_values() -> None:
@@ -39,9 +37,9 @@ def test_resource_identifies_the_run_and_gauges_hold_latest_values() -> None:
     assert series["tracelet.points"] == [({}, 3002)]
     # No step or other unbounded value as an attribute: only the tracker name on the
     # per-backend health instruments, and the params on tracelet.run.info.
-    assert {
-        key for points in series.values() for attrs, _ in points for key in attrs
-    } <= {"tracelet.backend"}
+    assert {key for points in series.values() for attrs, _ in points for key in attrs} <= {
+        "tracelet.backend"
+    }
     assert series["tracelet.export.delivered"] == [({"tracelet.backend": "memory"}, 3002)]
 
 
@@ -80,3 +78,18 @@ def test_run_never_touches_the_global_meter_provider() -> None:
 )
 def test_instrument_name_mapping(name: str, expected: str) -> None:
     assert instrument_name(name) == expected
+
+
+def test_capture_telemetry_reads_only_the_runs_started_inside_it() -> None:
+    from tracelet import _otel
+
+    with capture_telemetry() as telemetry:
+        exp = tracelet.start_logging("inside", backend="memory", settings=QUIET)
+        exp.log_metric("loss", 0.25)
+        exp.end()
+        assert telemetry.collect()[1]["loss"] == [({}, 0.25)]
+    after = tracelet.start_logging("after", backend="memory", settings=QUIET)
+    after.log_metric("loss", 0.5)
+    after.end()
+    assert len(telemetry.readers) == 1  # the run after the block got no reader of its own
+    assert _otel._extra_readers == []  # the seam is left as it was found

@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("tracelet")
 
-#: Factories of extra metric readers attached to every new run (see `tracelet.testing`).
-EXTRA_READERS: list[Callable[[], MetricReader]] = []
+#: Factories of extra metric readers attached to every new run: the private seam
+#: behind `tracelet.testing.capture_telemetry`, which tests and users go through.
+_extra_readers: list[Callable[[], MetricReader]] = []
 
 #: Tag written to every tracker run when the run's traces are exported.
 TRACE_ID_TAG = "tracelet.trace_id"
@@ -215,7 +216,7 @@ class Telemetry:
         self.readers = [
             *readers,
             *backend_readers,
-            *(factory() for factory in EXTRA_READERS),
+            *(factory() for factory in _extra_readers),
         ]
         #: True when some backend exports the run's spans.
         self.exports_traces = bool(processors)

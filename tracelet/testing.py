@@ -133,11 +133,11 @@ class TelemetryCapture:
 def capture_telemetry() -> Iterator[TelemetryCapture]:
     """Attach an in-memory OTel metric reader to every run started inside the block."""
     capture = TelemetryCapture()
-    _otel.EXTRA_READERS.append(capture._new_reader)
+    _otel._extra_readers.append(capture._new_reader)
     try:
         yield capture
     finally:
-        _otel.EXTRA_READERS.remove(capture._new_reader)
+        _otel._extra_readers.remove(capture._new_reader)
 
 
 def offline_env(directory: str | Path) -> dict[str, str]:
