@@ -48,8 +48,7 @@ def mlflow_run_id(client: MlflowClient, exp: tracelet.Experiment) -> str:
 
 
 def sampler_of(exp: tracelet.Experiment) -> SystemMetrics:
-    stop = exp._feeders[0]
-    sampler = stop.__self__  # type: ignore[attr-defined]
+    sampler = exp._run.sampler
     assert isinstance(sampler, SystemMetrics)
     return sampler
 
@@ -85,7 +84,7 @@ def test_a_three_second_run_has_five_samples_of_each_series_in_mlflow_and_otel(
             config={"mlflow": {"tracking_uri": mlflow_uri}},
             settings=settings(metrics_interval=0.5),
         )
-        assert exp._feeders, "track_system is on by default"
+        assert exp._run.sampler is not None, "track_system is on by default"
         last_step = train_for(exp, 3.0, collect)
         sampler = sampler_of(exp)
         report = exp.end()
@@ -171,7 +170,7 @@ def test_settings_and_environment_switch_it_off(monkeypatch: pytest.MonkeyPatch)
     assert (env.track_system, env.track_git, env.track_env) == (False, False, False)
     assert env.metrics_interval == 0.5
     exp = tracelet.start_logging(backend="memory")
-    assert exp._feeders == []
+    assert exp._run.sampler is None
     exp.end()
     run = memory_run(exp)
     assert not run.metrics and not run.tags

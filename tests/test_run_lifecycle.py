@@ -1,0 +1,138 @@
+"""How a run ends, read back from a real MLflow store: `Experiment.end` and the
+active slot; and the system samples, put through the same door as ``log_metric``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import tracelet
+import tracelet._history
+from tests._reliability import QUIET, mlflow_history, mlflow_run
+from tracelet import RunStatus, TraceletSettings
+from tracelet._run import RunState
+from tracelet._system import PREFIX
+from tracelet.testing import InMemoryExporter
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One MLflow sqlite store for the module (its schema is migrated once)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('lifecycle') / 'mlflow.db'}"
+
+
+def start(store: str, name: str, settings: TraceletSettings = QUIET) -> tracelet.Experiment:
+    return tracelet.start_logging(
+        name, "lifecycle", backend="mlflow", config={"tracking_uri": store}, settings=settings
+    )
+
+
+# -- exp.end() and the active slot (issue 14, item 11) ----------------------------------
+
+
+def test_end_clears_the_active_slot_so_the_interface_pattern_does_not_raise(store: str) -> None:
+    exp = start(store, "ended")
+    assert tracelet.get_active_experiment() is exp
+    exp.log_metric("loss", 0.5, iteration=0)
+    report = exp.end()
+    assert report.complete
+    assert tracelet.get_active_experiment() is None
+    # The interface page's pattern, after the run ended: nothing is logged, nothing raises.
+    experiment = tracelet.get_active_experiment()
+    if experiment:
+        experiment.log_metric("loss", 0.1, iteration=50)
+    tracelet.stop_logging()  # harmless: there is no active run
+    assert exp.end() is report
+    run = mlflow_run(store, exp.run_id)
+    assert run.info.status == "FINISHED"
+    assert [(s, v) for s, v, _ in mlflow_history(store, run.info.run_id, "loss")] == [(0, 0.5)]
+
+
+def test_ending_an_older_run_leaves_the_newer_one_active(store: str) -> None:
+    first = start(store, "first")
+    second = start(store, "second")  # ends the first
+    assert first.end() is first.report
+    assert tracelet.get_active_experiment() is second
+    second.log_metric("acc", 0.9, iteration=1)
+    second.end(RunStatus.FINISHED)
+    assert tracelet.get_active_experiment() is None
+    assert mlflow_run(store, first.run_id).info.status == "FINISHED"
+    run = mlflow_run(store, second.run_id)
+    assert [(s, v) for s, v, _ in mlflow_history(store, run.info.run_id, "acc")] == [(1, 0.9)]
+
+
+def test_every_way_of_ending_goes_through_one_state() -> None:
+    exp = tracelet.start_logging(backend="memory", settings=QUIET)
+    assert exp._run.state is RunState.ACTIVE and exp.active
+    with exp:
+        exp.log_metric("x", 1.0)
+    assert exp._run.state is RunState.ENDED and not exp.active
+    with pytest.raises(tracelet.ExperimentClosedError):
+        exp.log_metric("x", 2.0)
+    assert InMemoryExporter.runs[exp.run_id].history("x") == [(0, 1.0)]
+
+
+# -- the sampler goes through the same door as log_metric ------------------------------
+
+
+def test_the_sampler_waits_at_the_memory_bound_like_log_metric(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The journal writer stalls; the sampler meets the bound log_metric meets, and waits."""
+    stalled, go = threading.Event(), threading.Event()
+    real_write, real_wake = tracelet._history.History._write, tracelet._history.History.wake
+    waited: set[str] = set()  # the threads that met a full queue
+
+    def slow_write(self: Any, data: bytes) -> None:
+        stalled.set()
+        go.wait()
+        real_write(self, data)
+
+    def wake(self: Any) -> None:
+        if len(self.queue) >= self.max_buffered:
+            waited.add(threading.current_thread().name)
+        real_wake(self)
+
+    monkeypatch.setattr(tracelet._history.History, "_write", slow_write)
+    monkeypatch.setattr(tracelet._history.History, "wake", wake)
+    settings = TraceletSettings(
+        track_git=False, track_env=False, metrics_interval=0.05, max_buffered_points=1000
+    )
+    exp = tracelet.start_logging("bound", backend="memory", settings=settings)
+    history = exp._history
+
+    def produce() -> None:
+        for i in range(3_000):
+            exp.log_metric("x", float(i), iteration=i)
+
+    producer = threading.Thread(target=produce, name="producer")
+    producer.start()
+    try:
+        assert stalled.wait(30)
+        deadline = time.monotonic() + 60
+        while "tracelet-system" not in waited:
+            assert time.monotonic() < deadline, f"only {sorted(waited)} met the bound"
+            time.sleep(0.01)
+        assert "producer" in waited
+        assert len(history.queue) <= history.max_buffered + 100  # one sample at most past it
+    finally:
+        go.set()
+        producer.join(60)
+    report = exp.end()
+    assert report.complete
+    sampler = exp._run.sampler
+    assert sampler is not None and sampler.samples >= 1
+    run = InMemoryExporter.runs[exp.run_id]
+    assert [s for s, _ in run.history("x")] == list(range(3_000))
+    steps = [s for s, _ in run.history(PREFIX + "cpu_utilization_percentage")]
+    assert steps == list(range(sampler.samples))
+
+
+def test_a_sample_after_the_end_is_refused() -> None:
+    exp = tracelet.start_logging(backend="memory", settings=QUIET)
+    exp.end()
+    assert exp._run.put_sample({PREFIX + "x": 1.0}, 0) is False
+    assert not [p for p in InMemoryExporter.runs[exp.run_id].metrics if p.name.startswith(PREFIX)]
