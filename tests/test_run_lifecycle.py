@@ -1,8 +1,10 @@
-"""How a run ends, read back from a real MLflow store: `Experiment.end` and the
-active slot; and the system samples, put through the same door as ``log_metric``."""
+"""How a run ends, read back from a real MLflow store: ``sys.exit`` inside ``with``,
+`Experiment.end` and the active slot; and the system samples, put through the
+same door as ``log_metric``."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any
@@ -28,6 +30,39 @@ def start(store: str, name: str, settings: TraceletSettings = QUIET) -> tracelet
     return tracelet.start_logging(
         name, "lifecycle", backend="mlflow", config={"tracking_uri": store}, settings=settings
     )
+
+
+# -- sys.exit inside `with` (issue 14, item 10) ------------------------------------------
+
+#: ``sys.exit`` arguments and the status the run must end with: what the
+#: process's exit status says (0 is a clean exit; a message exits with 1).
+EXITS: list[tuple[tuple[Any, ...], str]] = [
+    ((), "FINISHED"),
+    ((0,), "FINISHED"),
+    ((None,), "FINISHED"),
+    ((1,), "FAILED"),
+    ((2,), "FAILED"),
+    (("bad config",), "FAILED"),
+]
+
+
+def test_sys_exit_inside_with_ends_the_run_as_the_exit_status_says(store: str) -> None:
+    for i, (args, expected) in enumerate(EXITS):
+        with pytest.raises(SystemExit), start(store, f"exit-{i}") as exp:
+            exp.log_metric("loss", 1.0)
+            sys.exit(*args)
+        assert exp.report is not None and exp.report.status.value == expected, args
+        assert tracelet.get_active_experiment() is None
+        run = mlflow_run(store, exp.run_id)
+        assert run.info.status == expected, args
+        assert [s for s, _, _ in mlflow_history(store, run.info.run_id, "loss")] == [0]
+
+
+def test_ctrl_c_and_exceptions_inside_with_keep_their_status(store: str) -> None:
+    for exc, expected in ((KeyboardInterrupt(), "KILLED"), (RuntimeError("boom"), "FAILED")):
+        with pytest.raises(type(exc)), start(store, type(exc).__name__) as exp:
+            raise exc
+        assert mlflow_run(store, exp.run_id).info.status == expected
 
 
 # -- exp.end() and the active slot (issue 14, item 11) ----------------------------------

@@ -222,12 +222,16 @@ class Experiment:
 def _exit_status(exc_type: type[BaseException] | None, exc: BaseException | None) -> RunStatus:
     """How leaving a ``with`` block ends the run.
 
-    Ctrl-C is KILLED; any other exception is FAILED.
+    Ctrl-C is KILLED. ``sys.exit()``, ``sys.exit(0)`` and ``sys.exit(None)``
+    are a clean exit (FINISHED); another code or a message (the process exits
+    with a non-zero status) and any other exception are FAILED.
     """
     if exc_type is None:
         return RunStatus.FINISHED
     if issubclass(exc_type, KeyboardInterrupt):
         return RunStatus.KILLED
+    if isinstance(exc, SystemExit) and (exc.code is None or exc.code == 0):
+        return RunStatus.FINISHED
     return RunStatus.FAILED
 
 
