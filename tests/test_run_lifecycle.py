@@ -1,6 +1,6 @@
 """How a run ends, read back from a real MLflow store: ``sys.exit`` inside ``with``,
-`Experiment.end` and the active slot; and the system samples, put through the
-same door as ``log_metric``."""
+`Experiment.end` and the active slot; and the system samples every run has
+(one as it starts, one as it ends), put through the same door as ``log_metric``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+from mlflow import MlflowClient
 
 import tracelet
 import tracelet._history
@@ -110,7 +111,27 @@ def test_every_way_of_ending_goes_through_one_state() -> None:
     assert InMemoryExporter.runs[exp.run_id].history("x") == [(0, 1.0)]
 
 
-# -- the sampler goes through the same door as log_metric ------------------------------
+# -- system samples at the start and end of every run (issue 16, item 5) ---------------
+
+
+def test_a_short_run_has_system_metrics_at_two_steps_in_mlflow(store: str) -> None:
+    # The default metrics_interval (10 s) is longer than this run.
+    settings = TraceletSettings(track_git=False, track_env=False)
+    assert settings.track_system and settings.metrics_interval == 10.0
+    with start(store, "quickstart", settings) as exp:
+        for step in range(20):
+            exp.log_metric("train/loss", 1 / (step + 1), iteration=step)
+    assert exp.report is not None and exp.report.complete
+    client = MlflowClient(store)
+    run = mlflow_run(store, exp.run_id)
+    names = {k for k in client.get_run(run.info.run_id).data.metrics if k.startswith(PREFIX)}
+    assert PREFIX + "cpu_utilization_percentage" in names, names
+    assert PREFIX + "system_memory_usage_megabytes" in names, names
+    for name in names:
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, name))
+        assert steps == [0, 1], (name, steps)
+    # The samples do not move the run's own step.
+    assert exp.step == 19
 
 
 def test_the_sampler_waits_at_the_memory_bound_like_log_metric(

@@ -2,8 +2,9 @@
 
 One daemon thread per run, ``tracelet-system``, owned by the run
 (`tracelet._run.Run` starts it when ``track_system`` is on and stops it as the
-run ends, before the history is closed). Every ``metrics_interval`` seconds
-it reads psutil and NVML once, then:
+run ends, before the history is closed). It reads psutil and NVML once as the
+run starts, every ``metrics_interval`` seconds after that, and once more as
+the run ends (so even a run of a few seconds has its system series), then:
 
 - **trackers**: puts one point per series into the run's history through the
   door `Experiment.log_metric` uses (`Run.put_sample`: the same lock, state
@@ -196,8 +197,9 @@ class SystemMetrics:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop sampling now (no waiting out an interval); idempotent.
 
-        Returns once the thread is gone, so every sample it took is in the
-        history queue; waits at most `timeout` seconds for a sample in progress.
+        Returns once the thread is gone, so every sample it took (the last one
+        taken on the way out) is in the history queue; waits at most `timeout`
+        seconds for a sample in progress.
         """
         self._stop.set()
         if self._thread.ident is not None:
@@ -220,12 +222,14 @@ class SystemMetrics:
                 self._gpu_instruments()
             if host is None and gpus is None:
                 return
+            self._timed_sample(host, gpus)  # as the run starts
             tick = 1
             while not self._stop.wait(max(0.0, self._t0 + tick * self.interval - time.monotonic())):
                 self._timed_sample(host, gpus)
                 # The next due tick; ticks missed while the machine was busy are skipped.
                 behind = int((time.monotonic() - self._t0) / self.interval)
                 tick = max(tick + 1, behind + 1)
+            self._timed_sample(host, gpus)  # as the run ends
         except Exception as exc:  # a bug must cost the run its system series only
             _log.warning("tracelet: system metrics stopped: %r", exc)
         finally:
