@@ -130,8 +130,8 @@ def test_a_short_run_has_system_metrics_at_two_steps_in_mlflow(store: str) -> No
     for name in names:
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, name))
         assert steps == [0, 1], (name, steps)
-    # The samples do not move the run's own step.
-    assert exp.step == 19
+    # The samples move neither the run's own step nor its point count (tracelet.points).
+    assert exp.step == 19 and exp._run.points == 20
 
 
 def test_the_sampler_waits_at_the_memory_bound_like_log_metric(

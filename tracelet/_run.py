@@ -114,7 +114,7 @@ class Run:
         #: The producer lock: held around every append to the history queue.
         self.lock = threading.Lock()
         self.step = -1  # the highest step logged
-        self.points = 0  # metric points put through the door
+        self.points = 0  # metric points logged (system samples aside)
         self.params: dict[str, Any] = {}
         #: The latest value of each metric (what its OTel gauge reports).
         self.latest: dict[str, float] = {}
@@ -232,10 +232,11 @@ class Run:
         """Queue one system sample (`_system.SystemMetrics`), all at `step`.
 
         The door `put` is, for a feeder that is not training code: system
-        series keep their own steps (the sample index) and do not move the
-        run's step, and the last sample is still taken while the run is ending
-        (the sampler is stopped before the history closes). False when the run
-        takes no more samples.
+        series keep their own steps (the sample index) and count neither in
+        the run's step nor in its points (``tracelet.step``,
+        ``tracelet.points``), and the last sample is still taken while the run
+        is ending (the sampler is stopped before the history closes). False
+        when the run takes no more samples.
         """
         with self.lock:
             if self.state is not _ACTIVE and self.state is not RunState.ENDING:
@@ -243,7 +244,6 @@ class Run:
             now, append = time.time_ns(), self._queue.append
             for name, value in series.items():
                 append((name, value, step, now))
-            self.points += len(series)
         if len(self._queue) >= self._wake_at:
             self.history.wake()
         return True
