@@ -239,7 +239,8 @@ def _exit_status(exc_type: type[BaseException] | None, exc: BaseException | None
 # One per process: the one started last and not yet ended. Kept here, beside
 # `Experiment.end`, which every way of ending a run goes through.
 
-_slot_lock = threading.RLock()
+#: Held while `tracelet.start_logging` replaces the active run, and to change the slot.
+slot_lock = threading.RLock()
 _active: Experiment | None = None
 
 
@@ -251,20 +252,22 @@ def active() -> Experiment | None:
 
 def activate(exp: Experiment) -> None:
     global _active
-    with _slot_lock:
+    with slot_lock:
         _active = exp
 
 
 def _deactivate(exp: Experiment) -> None:
     global _active
-    with _slot_lock:
+    with slot_lock:
         if _active is exp:
             _active = None
 
 
 def end_active(status: RunStatus) -> bool:
-    """End the active run with `status` (SIGTERM, interpreter exit).
+    """End the active run with `status`; harmless when there is none.
 
+    `tracelet.stop_logging`, a new `tracelet.start_logging`, SIGTERM and
+    interpreter exit come here. A run another thread is ending is waited for.
     Returns False, ending nothing, when the calling thread is itself inside
     that run's end (a signal handler interrupted it): the caller finishes it.
     """
@@ -279,8 +282,8 @@ def end_active(status: RunStatus) -> bool:
 
 def _forget_active_in_child() -> None:
     """In a forked child: no active run (its copy is inert), a fresh lock."""
-    global _slot_lock, _active
-    _slot_lock = threading.RLock()
+    global slot_lock, _active
+    slot_lock = threading.RLock()
     _active = None
 
 

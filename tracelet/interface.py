@@ -85,10 +85,8 @@ def start_logging(
     for source in (resolved.config, config):  # masked wherever they might show up
         _secrets.register_from(source)
 
-    with _experiment._slot_lock:
-        previous = _experiment.active()
-        if previous is not None:
-            previous.end(RunStatus.FINISHED)
+    with _experiment.slot_lock:
+        _experiment.end_active(RunStatus.FINISHED)
         exp = Experiment(Run(resolved, classes, options, on_started=_exit_hook_first))
         _experiment.activate(exp)
         _install_hooks()
@@ -105,9 +103,7 @@ def get_active_experiment() -> Experiment | None:
 
 def stop_logging() -> None:
     """End the active experiment (delivering everything); harmless when there is none."""
-    exp = _experiment.active()
-    if exp is not None:
-        exp.end(RunStatus.FINISHED)
+    _experiment.end_active(RunStatus.FINISHED)
 
 
 def _end_on_signal() -> bool:
