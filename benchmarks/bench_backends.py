@@ -116,7 +116,7 @@ def block_costs(exp: Any, blocks: int, calls: int, start_step: int) -> list[floa
 def drain(exp: Any) -> None:
     """Wait until every backend has the points logged so far (polling: a benchmark may)."""
     exp._history.wake()
-    while any(d.delivered < exp._points for d in exp._deliveries):
+    while any(d.delivered < exp._run.points for d in exp._deliveries):
         time.sleep(0.01)
 
 

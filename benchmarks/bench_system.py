@@ -23,7 +23,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from benchmarks._util import table, write_json
@@ -46,27 +45,29 @@ def bench_sample_cost(repeats: int) -> dict[str, float | str]:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+    import tracelet
     from tracelet._gpu import NvmlDevices
-    from tracelet._history import History
-    from tracelet._otel import Telemetry
     from tracelet._system import OTEL_HOST_CONFIG, HostSampler, SystemMetrics
 
     out: dict[str, float | str] = {}
     host = HostSampler(psutil)
     out["psutil reads, one sample (12 series)"] = median_ms(host.sample, repeats)
 
-    history = History(Path("bench-journal.jsonl"), flush_interval=0.2, max_buffered=200_000)
-    telemetry = Telemetry({"service.name": "bench"}, {}, lambda: (0, 0))
-    sampler = SystemMetrics(interval=10.0, history=history, telemetry=telemetry)
-    queue: deque[Any] = history.queue
+    # A sample put through the run's door (`Run.put_sample`), as the sampler thread does.
+    exp = tracelet.start_logging(
+        backend="memory",
+        settings=tracelet.TraceletSettings(track_system=False, track_git=False, track_env=False),
+    )
+    run = exp._run
+    sampler = SystemMetrics(interval=10.0, put=run.put_sample, telemetry=run.telemetry)
+    queue: deque[Any] = run.history.queue
 
     def one_sample() -> None:
         sampler._sample(host, None)
-        queue.clear()
+        queue.clear()  # what the journal thread has not taken yet
 
     out["one sample into the history queue"] = median_ms(one_sample, repeats)
-    history.close()
-    telemetry.shutdown(1000)
+    exp.end()
 
     for label, config in (("tracelet's subset (10 metrics)", OTEL_HOST_CONFIG), ("default", None)):
         reader = InMemoryMetricReader()
@@ -131,7 +132,7 @@ def bench_training_loop(repeats: int, steps: int) -> dict[str, dict[str, Any]]:
             t0 = time.perf_counter()
             _train(steps, exp, a, b)
             wall[label] = time.perf_counter() - t0
-            sampler = exp._feeders[0].__self__ if exp._feeders else None  # type: ignore[attr-defined]
+            sampler = exp._run.sampler
             exp.end()
             samples[label].append(sampler.samples if sampler is not None else 0)
             if sampler is not None:

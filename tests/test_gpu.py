@@ -32,7 +32,7 @@ H100 = NvmlReading(
 
 def wait_for_samples(exp: tracelet.Experiment, n: int) -> SystemMetrics:
     """Let the sampler take `n` samples (they come every metrics_interval)."""
-    sampler = exp._feeders[0].__self__  # type: ignore[attr-defined]
+    sampler = exp._run.sampler
     assert isinstance(sampler, SystemMetrics)
     wait_for(lambda: sampler.samples >= n, 60, f"{n} system samples")
     return sampler
@@ -116,7 +116,9 @@ def test_without_a_gpu_there_are_no_gpu_series_and_one_debug_line(
             backend="memory",
             settings=TraceletSettings(metrics_interval=0.1, track_git=False, track_env=False),
         )
-        exp._feeders[0]()  # stop the sampler (after its first samples or none)
+        sampler = exp._run.sampler
+        assert sampler is not None
+        sampler.stop()  # after its first samples
         _, series = capture.collect()
         exp.end()
     assert not [p for p in InMemoryExporter.runs[exp.run_id].metrics if "gpu" in p.name]

@@ -53,7 +53,7 @@ def test_a_child_forked_while_locks_are_held_does_not_hang_or_write(
     held, release = threading.Event(), threading.Event()
 
     def holder() -> None:
-        with exp._lock, exp._history._room:
+        with exp._run.lock, exp._history._room:
             held.set()
             release.wait()
 

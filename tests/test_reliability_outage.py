@@ -164,7 +164,7 @@ def test_mlflows_own_http_retries_are_bounded_for_tracelets_client_only(
         elapsed = time.monotonic() - t0
         print(f"\nexport against a stopped server failed after {elapsed:.2f} s")
         assert elapsed < 30  # MLflow's default policy would retry for minutes
-        exp._close_timeout = 2.0
+        exp._run.close_timeout = 2.0
         report = exp.end()
         assert not report.complete
     finally:

@@ -49,8 +49,7 @@ def mlflow_run_id(client: MlflowClient, exp: tracelet.Experiment) -> str:
 
 
 def sampler_of(exp: tracelet.Experiment) -> SystemMetrics:
-    stop = exp._feeders[0]
-    sampler = stop.__self__  # type: ignore[attr-defined]
+    sampler = exp._run.sampler
     assert isinstance(sampler, SystemMetrics)
     return sampler
 
@@ -96,7 +95,7 @@ def test_a_run_of_five_samples_has_each_series_in_mlflow_and_otel(mlflow_uri: st
             config={"mlflow": {"tracking_uri": mlflow_uri}},
             settings=settings(metrics_interval=0.5),
         )
-        assert exp._feeders, "track_system is on by default"
+        assert exp._run.sampler is not None, "track_system is on by default"
         sampler = sampler_of(exp)
         last_step = train_until(
             exp,
@@ -161,7 +160,7 @@ def test_the_sampler_is_a_named_daemon_thread_that_stops_at_once() -> None:
     assert thread.name == "tracelet-system" and thread.daemon and thread.is_alive()
     exp.end()
     assert not thread.is_alive()
-    assert sampler.samples == 0
+    assert sampler.samples == 2  # the one taken as the run started, the one as it ended
 
 
 def test_every_sample_taken_is_delivered_before_the_run_closes() -> None:
@@ -187,7 +186,7 @@ def test_settings_and_environment_switch_it_off(monkeypatch: pytest.MonkeyPatch)
     assert (env.track_system, env.track_git, env.track_env) == (False, False, False)
     assert env.metrics_interval == 0.5
     exp = tracelet.start_logging(backend="memory")
-    assert exp._feeders == []
+    assert exp._run.sampler is None
     exp.end()
     run = memory_run(exp)
     assert not run.metrics and not run.tags

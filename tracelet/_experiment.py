@@ -1,8 +1,9 @@
 """`Experiment`: the handle training code logs into.
 
-Where a point travels: `log_metric` validates and appends
-``(name, value, step, time_ns)`` to the history queue (`_history.History`) and
-updates the latest value the OTel gauges read (`_otel.Telemetry`). The journal
+Where a point travels: `log_metric` validates it and puts
+``(name, value, step, time_ns)`` through the run's door (`_run.Run.put`) into
+the history queue (`_history.History`), updating the latest value the OTel
+gauges read (`_otel.Telemetry`). The journal
 thread writes the queue to the run journal; one delivery thread per backend
 (`_delivery.Delivery`) reads the journal and calls its exporter, e.g.
 `tracelet.exporters.mlflow.MLflowExporter.export` → ``MlflowClient.log_batch``.
@@ -10,104 +11,38 @@ thread writes the queue to the run journal; one delivery thread per backend
 
 from __future__ import annotations
 
-import logging
-import os
 import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tracelet import _lifecycle, _rundir, _secrets, _validate
+from tracelet import _lifecycle, _validate
 from tracelet._delivery import Delivery
 from tracelet._history import History
 from tracelet._otel import Telemetry
+from tracelet._run import BackendReport, Run, RunReport, RunState
 from tracelet._tracing import SpanScope
-from tracelet.errors import ExperimentClosedError, ParamConflictError
 from tracelet.export import RunStatus
 
 __all__ = ["BackendReport", "Experiment", "RunReport"]
-
-_log = logging.getLogger("tracelet")
-
-
-@dataclass(frozen=True)
-class BackendReport:
-    """What one backend received."""
-
-    backend: str
-    delivered: int
-    undelivered: int
-    closed: bool
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class RunReport:
-    """The account of a run, made when it ends (`Experiment.report`)."""
-
-    run_id: str
-    status: RunStatus
-    points: int
-    run_dir: Path
-    backends: list[BackendReport] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        """True when every backend received every point and closed its run."""
-        return all(b.undelivered == 0 and b.closed for b in self.backends)
 
 
 class Experiment:
     """A run being tracked. Create it with `tracelet.start_logging`.
 
     Thread-safe: any thread may log into it; the points of one metric are
-    delivered in the order of the calls.
+    delivered in the order of the calls. The run itself (its threads, journal
+    and backends) is owned by a `tracelet._run.Run`; this is its handle.
     """
 
-    def __init__(
-        self,
-        *,
-        run_id: str,
-        name: str,
-        project: str,
-        run_dir: Path,
-        history: History,
-        deliveries: list[Delivery],
-        telemetry: Telemetry,
-        latest: dict[str, float],
-        close_timeout: float,
-        keep_journal: bool,
-        run_lock: _rundir.RunLock | None = None,
-    ) -> None:
-        self.run_id = run_id
-        self.name = name
-        self.project = project
-        self.run_dir = run_dir
-        self.report: RunReport | None = None
-        self.telemetry = telemetry
-        self._history = history
-        self._queue = history.queue
-        self._wake_at = history.wake_at
-        self._deliveries = deliveries
-        self._latest = latest
-        self._next_step: dict[str, int] = {}
-        self._params: dict[str, Any] = {}
-        self._step = -1
-        self._points = 0
-        self._lock = threading.Lock()
-        self._closed = False
-        self._end_lock = threading.Lock()
-        self._close_timeout = close_timeout
-        self._keep_journal = keep_journal
-        self._run_lock = run_lock
-        self._ending: int | None = None  # the thread running `end`, while it runs
-        _lifecycle.track(self)
-        #: Stops the threads that feed the history besides the callers of
-        #: log_metric (the system sampler); run by `end` before the history closes.
-        self._feeders: list[Callable[[], None]] = []
+    def __init__(self, run: Run) -> None:
+        self.run_id = run.run_id
+        self.name = run.name
+        self.project = run.project
+        self.run_dir: Path = run.run_dir
+        self._run = run
+        self._put = run.put  # bound once: log_metric's hot path
 
     # -- logging ----------------------------------------------------------------
 
@@ -139,18 +74,7 @@ class Experiment:
             type(iteration) is not int or iteration < 0 or iteration > _validate.MAX_STEP
         ):
             iteration = _validate.step(name, iteration)
-        with self._lock:
-            if self._closed:
-                raise ExperimentClosedError(f"experiment {self.name!r} has ended; start a new one")
-            step = self._next_step.get(name, 0) if iteration is None else iteration
-            self._next_step[name] = step + 1
-            self._queue.append((name, value, step, time.time_ns()))
-            self._latest[name] = value
-            self._points += 1
-            if step > self._step:
-                self._step = step
-        if len(self._queue) >= self._wake_at:
-            self._history.wake()
+        self._put(name, value, iteration)
 
     def log_metrics(self, metrics: dict[str, float], iteration: int | None = None) -> None:
         """Record several metrics at one step (each gets its own step when `iteration` is None).
@@ -178,20 +102,7 @@ class Experiment:
                 (MLflow forbids changing it); none of this call's params are
                 recorded.
         """
-        flat = _validate.flatten(params)
-        with self._lock:
-            self._check_open()
-            for key, value in flat.items():
-                old = self._params.get(key, value)
-                if not _validate.same_param(old, value):
-                    raise ParamConflictError(
-                        f"param {key!r} was logged as {old!r}; it cannot change to {value!r}. "
-                        f"Log it under a new name, e.g. {key + '_2'!r}"
-                    )
-            new = {k: v for k, v in flat.items() if k not in self._params}
-            if new:
-                self._params.update(new)
-                self._queue.append(("p", new))
+        self._run.put_params(_validate.flatten(params))
 
     def log_param(self, key: str, value: Any) -> None:
         """Record one hyperparameter (see `log_params`)."""
@@ -199,10 +110,7 @@ class Experiment:
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         """Set run tags (values become strings); a tag set again is overwritten."""
-        checked = _validate.tags(tags)
-        with self._lock:
-            self._check_open()
-            self._queue.append(("t", checked))
+        self._run.put_tags(_validate.tags(tags))
 
     def set_tag(self, key: str, value: Any) -> None:
         """Set one run tag (see `set_tags`)."""
@@ -230,7 +138,7 @@ class Experiment:
             **attributes: span attributes; values that are not bool, int,
                 float, str (or a list of one of them) are stored as strings.
         """
-        return self.telemetry.span(name, attributes)
+        return self._run.telemetry.span(name, attributes)
 
     @property
     def trace_id(self) -> str:
@@ -239,25 +147,41 @@ class Experiment:
         When a backend exports traces (``otlp``), every tracker run carries it
         as the tag ``tracelet.trace_id``.
         """
-        return self.telemetry.trace_id
+        return self._run.telemetry.trace_id
 
     @property
     def step(self) -> int | None:
         """The highest step logged so far (``None`` before the first point)."""
-        return None if self._step < 0 else self._step
+        step = self._run.step
+        return None if step < 0 else step
 
     @property
     def params(self) -> dict[str, Any]:
         """The params logged so far (flattened)."""
-        return dict(self._params)
+        return dict(self._run.params)
 
     @property
     def active(self) -> bool:
-        return not self._closed
+        """True until the run starts ending."""
+        return self._run.state is RunState.ACTIVE
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ExperimentClosedError(f"experiment {self.name!r} has ended; start a new one")
+    @property
+    def report(self) -> RunReport | None:
+        """The run's account, once it has ended (what `end` returned)."""
+        return self._run.report
+
+    @property
+    def telemetry(self) -> Telemetry:
+        """The run's OTel side (providers, instruments)."""
+        return self._run.telemetry
+
+    @property
+    def _history(self) -> History:  # the run's parts, for tests and benchmarks
+        return self._run.history
+
+    @property
+    def _deliveries(self) -> Sequence[Delivery]:
+        return self._run.deliveries
 
     # -- ending -----------------------------------------------------------------
 
@@ -267,135 +191,17 @@ class Experiment:
         Waits at most the `close_timeout` setting for the backends. What a
         backend has not received by then stays in the run's journal and is
         reported (``tracelet sync`` delivers it later). Calling it again
-        returns the same report.
+        returns the same report. Afterwards `tracelet.get_active_experiment`
+        no longer returns this experiment.
+
+        Every way a run ends comes here: `tracelet.stop_logging`, leaving the
+        ``with`` block, a new `tracelet.start_logging`, SIGTERM and
+        interpreter exit.
         """
-        status = RunStatus(status)
-        if self._ending == threading.get_ident():  # a signal handler interrupted this thread's end
-            return self.report if self.report is not None else self._make_report(status)
-        with self._end_lock:
-            if self.report is not None:
-                return self.report
-            self._ending = threading.get_ident()
-            # A signal handler may run `end` while this thread holds the producer
-            # lock (inside log_metric): wait for it briefly, never forever.
-            locked = self._lock.acquire(timeout=1.0)
-            self._closed = True
-            if locked:
-                self._lock.release()
-            deadline = time.monotonic() + self._close_timeout
-            for stop_feeder in self._feeders:  # their last points go in the journal too
-                try:
-                    stop_feeder()
-                except Exception as exc:
-                    _log.warning("tracelet: stopping %r failed: %r", stop_feeder, exc)
-            self._history.close()
-            for delivery in self._deliveries:
-                delivery.finish(status, deadline)
-            for delivery in self._deliveries:
-                delivery.join(deadline - time.monotonic())
-            try:
-                self.telemetry.shutdown(max(1.0, deadline - time.monotonic()) * 1000, status.value)
-            except Exception as exc:  # never let telemetry cost the run its report
-                _log.warning("tracelet: OTel shutdown failed: %r", exc)
-            self.report = self._make_report(status)
-            self._ending = None
-            self._record_end(self.report)
-        self._log_report(self.report)
-        if self.report.complete and not self._keep_journal:
-            self._history.path.unlink(missing_ok=True)
-        return self.report
-
-    def _make_report(self, status: RunStatus) -> RunReport:
-        points = self._history.points
-        backends = [
-            BackendReport(
-                backend=d.backend,
-                delivered=d.delivered,
-                undelivered=points - d.delivered,
-                closed=d.closed,
-                error=None if d.error is None else _secrets.redact(repr(d.error)),
-            )
-            for d in self._deliveries
-        ]
-        return RunReport(self.run_id, status, points, self.run_dir, backends)
-
-    def _record_end(self, report: RunReport) -> None:
-        """Keep the final status in run.json (``tracelet sync`` closes runs with it).
-
-        The run directory is unlocked for ``tracelet sync`` unless a delivery
-        thread is still inside an export call past the deadline (then it
-        stays locked until this process exits).
-        """
-        try:
-            _rundir.update_run(
-                self.run_dir,
-                status=report.status.value,
-                points=report.points,
-                complete=report.complete,
-            )
-        except OSError as exc:
-            _log.warning("tracelet: cannot record the end of run %s: %r", self.run_id, exc)
-        for delivery in self._deliveries:  # one leaving its last backoff at the deadline
-            if delivery.alive:
-                delivery.join(0.5)
-        if self._run_lock is not None and not any(d.alive for d in self._deliveries):
-            self._run_lock.release()
-
-    def _forget_in_child(self) -> None:
-        """In a forked child: make this copy inert (see `tracelet._lifecycle`).
-
-        Logging calls become no-ops that warn once, `end` does nothing, and
-        the copy never touches the parent's journal, backends or locks.
-        """
-        self._closed = True
-        self._lock = threading.Lock()
-        self._end_lock = threading.Lock()
-        self._history.forget_in_child()
-        if self._run_lock is not None:
-            self._run_lock.forget_in_child()
-        warned: list[bool] = []
-        name, pid = self.name, os.getpid()
-
-        def ignored(*args: Any, **kwargs: Any) -> None:
-            if not warned:
-                warned.append(True)
-                _log.warning(
-                    "tracelet: process %d is a fork of the process running experiment %r; "
-                    "what it logs is not recorded (log from the parent process)",
-                    pid,
-                    name,
-                )
-
-        def child_end(status: RunStatus | str = RunStatus.FINISHED) -> RunReport:
-            return RunReport(self.run_id, RunStatus(status), 0, self.run_dir, [])
-
-        for method in ("log_metric", "log_metrics", "log_params", "log_param"):
-            setattr(self, method, ignored)
-        self.set_tags = self.set_tag = ignored  # type: ignore[method-assign]
-        self.end = child_end  # type: ignore[method-assign]
-
-    def _log_report(self, report: RunReport) -> None:
-        for b in report.backends:
-            if b.undelivered or not b.closed:
-                _log.error(
-                    "tracelet: run %s: backend %r received %d of %d points%s; the rest is kept "
-                    "in %s; deliver it with: tracelet sync %s",
-                    report.run_id,
-                    b.backend,
-                    b.delivered,
-                    report.points,
-                    f" (last error: {b.error})" if b.error else "",
-                    report.run_dir,
-                    report.run_dir,
-                )
-            else:
-                _log.info(
-                    "tracelet: run %s: backend %r received all %d points (%s)",
-                    report.run_id,
-                    b.backend,
-                    b.delivered,
-                    report.status.value,
-                )
+        report = self._run.end(RunStatus(status))
+        _deactivate(self)
+        _lifecycle.after_end()  # a SIGTERM that arrived while this thread was ending the run
+        return report
 
     def __enter__(self) -> Experiment:
         return self
@@ -406,16 +212,79 @@ class Experiment:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        from tracelet import interface
-
-        failed = exc_type is not None and not issubclass(exc_type, (KeyboardInterrupt,))
-        status = (
-            RunStatus.FAILED
-            if failed
-            else (RunStatus.KILLED if exc_type is not None else RunStatus.FINISHED)
-        )
-        interface._end(self, status)
+        self.end(_exit_status(exc_type, exc))
 
     def __repr__(self) -> str:
         state = "active" if self.active else "ended"
         return f"<Experiment {self.name!r} project={self.project!r} run_id={self.run_id} {state}>"
+
+
+def _exit_status(exc_type: type[BaseException] | None, exc: BaseException | None) -> RunStatus:
+    """How leaving a ``with`` block ends the run.
+
+    Ctrl-C is KILLED. ``sys.exit()``, ``sys.exit(0)`` and ``sys.exit(None)``
+    are a clean exit (FINISHED); another code or a message (the process exits
+    with a non-zero status) and any other exception are FAILED.
+    """
+    if exc_type is None:
+        return RunStatus.FINISHED
+    if issubclass(exc_type, KeyboardInterrupt):
+        return RunStatus.KILLED
+    if isinstance(exc, SystemExit) and (exc.code is None or exc.code == 0):
+        return RunStatus.FINISHED
+    return RunStatus.FAILED
+
+
+# -- the active experiment -------------------------------------------------------
+# One per process: the one started last and not yet ended. Kept here, beside
+# `Experiment.end`, which every way of ending a run goes through.
+
+#: Held while `tracelet.start_logging` replaces the active run, and to change the slot.
+slot_lock = threading.RLock()
+_active: Experiment | None = None
+
+
+def active() -> Experiment | None:
+    """The active experiment, or ``None`` (also while its run is ending)."""
+    exp = _active
+    return exp if exp is not None and exp.active else None
+
+
+def activate(exp: Experiment) -> None:
+    global _active
+    with slot_lock:
+        _active = exp
+
+
+def _deactivate(exp: Experiment) -> None:
+    global _active
+    with slot_lock:
+        if _active is exp:
+            _active = None
+
+
+def end_active(status: RunStatus) -> bool:
+    """End the active run with `status`; harmless when there is none.
+
+    `tracelet.stop_logging`, a new `tracelet.start_logging`, SIGTERM and
+    interpreter exit come here. A run another thread is ending is waited for.
+    Returns False, ending nothing, when the calling thread is itself inside
+    that run's end (a signal handler interrupted it): the caller finishes it.
+    """
+    exp = _active
+    if exp is None:
+        return True
+    if exp._run.ending_here():
+        return False
+    exp.end(status)
+    return True
+
+
+def _forget_active_in_child() -> None:
+    """In a forked child: no active run (its copy is inert), a fresh lock."""
+    global slot_lock, _active
+    slot_lock = threading.RLock()
+    _active = None
+
+
+_lifecycle.on_fork_child(_forget_active_in_child)

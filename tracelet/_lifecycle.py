@@ -29,17 +29,19 @@ import threading
 import weakref
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from tracelet._experiment import Experiment
+from typing import Any, Protocol
 
 _log = logging.getLogger("tracelet")
 
 #: Signals tracelet handles when nobody else does.
 HANDLED = (signal.SIGTERM,)
 
-_live: weakref.WeakSet[Experiment] = weakref.WeakSet()
+
+class _Forkable(Protocol):
+    def _forget_in_child(self) -> None: ...
+
+
+_live: weakref.WeakSet[_Forkable] = weakref.WeakSet()
 _child_hooks: list[Callable[[], None]] = []
 _previous: dict[int, Any] = {}
 _end_active: Callable[[], bool] | None = None
@@ -51,9 +53,9 @@ _deferred: int | None = None
 _calling: set[int] = set()
 
 
-def track(exp: Experiment) -> None:
-    """Make `exp` inert in forked children."""
-    _live.add(exp)
+def track(run: _Forkable) -> None:
+    """Make `run` inert in forked children (`tracelet._run.Run`)."""
+    _live.add(run)
 
 
 def on_fork_child(hook: Callable[[], None]) -> None:
@@ -133,31 +135,25 @@ def _after_fork_in_child() -> None:
     global received, _deferred
     received = _deferred = None
     _calling.clear()
-    for signum, previous in list(_previous.items()):  # the child has no run to end
+    # The child has no run to end: give SIGTERM back its previous action. With a
+    # Python-level handler left in place, a child blocked on a lock inherited from
+    # another thread of the parent could never be terminated (multiprocessing's
+    # Pool.terminate would wait on it forever).
+    for signum, previous in list(_previous.items()):
         try:
             if signal.getsignal(signum) is _handle:
                 signal.signal(signum, previous)
         except (ValueError, OSError, TypeError):  # pragma: no cover - not the main thread
             pass
     _previous.clear()
-    # The child has no run to end: give SIGTERM back its previous action. With a
-    # Python-level handler left in place, a child blocked on a lock inherited from
-    # another thread of the parent could never be terminated (multiprocessing's
-    # Pool.terminate would wait on it forever).
-    for signum, previous in _previous.items():
-        try:
-            if signal.getsignal(signum) is _handle:
-                signal.signal(signum, previous)
-        except (ValueError, OSError):  # pragma: no cover - not the main thread
-            pass
     for hook in list(_child_hooks):
         try:
             hook()
         except Exception as exc:  # pragma: no cover - never break the child
             _log.debug("tracelet: fork hook failed: %r", exc)
-    for exp in list(_live):
+    for run in list(_live):
         try:
-            exp._forget_in_child()
+            run._forget_in_child()
         except Exception as exc:  # pragma: no cover
             _log.debug("tracelet: could not detach a run in the child: %r", exc)
     _live.clear()

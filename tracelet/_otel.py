@@ -15,7 +15,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
@@ -46,6 +46,28 @@ MAX_GAUGES = 2000
 MAX_PARAM_ATTRIBUTES, MAX_PARAM_VALUE = 128, 256
 
 _INVALID = re.compile(r"[^A-Za-z0-9_./-]")
+
+
+class RunProgress(Protocol):
+    """What the run-level instruments read when a reader collects (`tracelet._run.Run`)."""
+
+    @property
+    def step(self) -> int:
+        """The highest step logged, -1 before the first point."""
+
+    @property
+    def points(self) -> int:
+        """Metric points logged."""
+
+    @property
+    def params(self) -> Mapping[str, Any]:
+        """The params logged so far."""
+
+    @property
+    def history(self) -> History: ...
+
+    @property
+    def deliveries(self) -> Sequence[Delivery]: ...
 
 
 def instrument_name(name: str) -> str:
@@ -189,7 +211,7 @@ class Telemetry:
         self,
         attributes: Mapping[str, Any],
         latest: Mapping[str, float],
-        progress: Callable[[], tuple[int, int]],
+        run: RunProgress,
         readers: Iterable[MetricReader] = (),
         *,
         backends: Mapping[str, TelemetryBackend] | None = None,
@@ -230,20 +252,7 @@ class Telemetry:
         self._names: set[str] = set()
         self._capped = False
 
-        def step(_: CallbackOptions) -> Iterable[Observation]:
-            yield Observation(progress()[0])
-
-        def points(_: CallbackOptions) -> Iterable[Observation]:
-            yield Observation(progress()[1])
-
-        self.meter.create_observable_gauge(
-            "tracelet.step", [step], unit="1", description="Highest step logged in the run."
-        )
-        self.meter.create_observable_counter(
-            "tracelet.points", [points], unit="1", description="Metric points logged in the run."
-        )
-        self._progress = progress
-        self._params: Callable[[], Mapping[str, Any]] = dict
+        self._run = run
         self._last_params: Mapping[str, Any] = {}
         self._aborted = False
         run_attrs = {
@@ -252,6 +261,7 @@ class Telemetry:
             if k in ("tracelet.run_id", "tracelet.project", "tracelet.experiment")
         }
         self.tracing = RunTracing(self.resource, processors, self.meter, run_attrs)
+        self._run_instruments()
 
     @property
     def trace_id(self) -> str:
@@ -262,15 +272,23 @@ class Telemetry:
         """A phase span under the run span (see `Experiment.span`)."""
         return self.tracing.span(name, attributes)
 
-    def attach(
-        self,
-        history: History,
-        deliveries: Sequence[Delivery],
-        params: Callable[[], Mapping[str, Any]],
-    ) -> None:
-        """Add the history channel's health and the run's params as observable instruments."""
-        self._params = params
-        meter, progress = self.meter, self._progress
+    def _run_instruments(self) -> None:
+        """The run's progress, the history channel's health and the run's params, as
+        observable instruments read from the run when a reader collects."""
+        meter, run = self.meter, self._run
+
+        def step(_: CallbackOptions) -> Iterable[Observation]:
+            yield Observation(max(run.step, 0))
+
+        def points(_: CallbackOptions) -> Iterable[Observation]:
+            yield Observation(run.points)
+
+        meter.create_observable_gauge(
+            "tracelet.step", [step], unit="1", description="Highest step logged in the run."
+        )
+        meter.create_observable_counter(
+            "tracelet.points", [points], unit="1", description="Metric points logged in the run."
+        )
 
         def gauge(name: str, unit: str, description: str, read: Callable[[], Any]) -> None:
             meter.create_observable_gauge(
@@ -286,30 +304,30 @@ class Telemetry:
             "tracelet.history.backlog",
             "{record}",
             "Records logged and not yet written to the run journal.",
-            lambda: len(history.queue),
+            lambda: len(run.history.queue),
         )
         counter(
             "tracelet.history.journaled",
             "{point}",
             "Metric points written to the run journal (the local copy every backend reads).",
-            lambda: history.points,
+            lambda: run.history.points,
         )
         counter(
             "tracelet.history.waits",
             "{wait}",
             "Times log_metric waited for the journal writer because the in-memory bound was hit.",
-            lambda: history.blocked,
+            lambda: run.history.blocked,
         )
         counter(
             "tracelet.history.write_errors",
             "{error}",
             "Failed writes of the run journal (each is retried; nothing is dropped).",
-            lambda: getattr(history, "write_errors", 0),
+            lambda: getattr(run.history, "write_errors", 0),
         )
 
         def per_backend(read: Callable[[Delivery], int]) -> Callable[[CallbackOptions], Any]:
             return lambda _: [
-                Observation(read(d), {"tracelet.backend": d.backend}) for d in deliveries
+                Observation(read(d), {"tracelet.backend": d.backend}) for d in run.deliveries
             ]
 
         meter.create_observable_counter(
@@ -320,7 +338,7 @@ class Telemetry:
         )
         meter.create_observable_gauge(
             "tracelet.export.undelivered",
-            [per_backend(lambda d: max(0, progress()[1] - d.delivered))],
+            [per_backend(lambda d: max(0, run.points - d.delivered))],
             unit="{point}",
             description="Metric points logged that a tracker backend has not accepted yet.",
         )
@@ -345,7 +363,7 @@ class Telemetry:
 
     def _current_params(self) -> Mapping[str, Any]:
         try:
-            self._last_params = dict(self._params())
+            self._last_params = dict(self._run.params)
         except RuntimeError:  # changed size while copied: use the previous copy this time
             pass
         return self._last_params

@@ -1,13 +1,16 @@
 """System metrics: host, process and GPU figures, sampled while a run is active.
 
-One daemon thread per run, ``tracelet-system``, owned by the run (started by
-`tracelet.start_logging` when ``track_system`` is on, stopped by
-`Experiment.end` before the history is closed). Every ``metrics_interval``
-seconds it reads psutil and NVML once, then:
+One daemon thread per run, ``tracelet-system``, owned by the run
+(`tracelet._run.Run` starts it when ``track_system`` is on and stops it as the
+run ends, before the history is closed). It reads psutil and NVML once as the
+run starts, every ``metrics_interval`` seconds after that, and once more as
+the run ends (so even a run of a few seconds has its system series), then:
 
-- **trackers**: appends one point per series to the run's history queue, named
-  ``system/<series>`` (MLflow's own system-metric names), with step = sample
-  index, so every tracker receives them like any logged metric;
+- **trackers**: puts one point per series into the run's history through the
+  door `Experiment.log_metric` uses (`Run.put_sample`: the same lock, state
+  check and memory bound), named ``system/<series>`` (MLflow's own
+  system-metric names), with step = sample index, so every tracker receives
+  them like any logged metric;
 - **OTel**: caches the GPU readings, which ``hw.gpu.*`` / ``hw.power`` /
   ``hw.temperature`` observable instruments report when a reader collects.
   Host and process figures reach OTel through
@@ -28,13 +31,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from tracelet._gpu import OTEL_INSTRUMENTS, NvmlDevices, NvmlReading, otel_points, tracker_series
-from tracelet._history import History
 from tracelet._otel import Telemetry
 
 __all__ = ["HOST_SERIES", "OTEL_HOST_CONFIG", "PREFIX", "HostSampler", "SystemMetrics"]
@@ -160,18 +162,26 @@ class SystemMetrics:
 
     Args:
         interval: seconds between samples (``metrics_interval``).
-        history: the run's history; points go to its queue.
+        put: the run's door for samples (`tracelet._run.Run.put_sample`): takes
+            ``{"system/<series>": value}`` and the sample index; False once the
+            run takes no more.
         telemetry: the run's OTel side (its MeterProvider gets the instruments).
     """
 
-    def __init__(self, *, interval: float, history: History, telemetry: Telemetry) -> None:
+    def __init__(
+        self,
+        *,
+        interval: float,
+        put: Callable[[Mapping[str, float], int], bool],
+        telemetry: Telemetry,
+    ) -> None:
         self.interval = interval
         self.samples = 0
         #: CPU seconds the thread used: in all (setup included, set when it ends)
         #: and for the samples alone (see benchmarks/bench_system.py).
         self.cpu_seconds = 0.0
         self.sample_cpu_seconds = 0.0
-        self._queue = history.queue
+        self._put = put
         self._telemetry = telemetry
         self._stop = threading.Event()
         self._abandoned = False
@@ -187,8 +197,9 @@ class SystemMetrics:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop sampling now (no waiting out an interval); idempotent.
 
-        Returns once the thread is gone, so every sample it took is in the
-        history queue; waits at most `timeout` seconds for a sample in progress.
+        Returns once the thread is gone, so every sample it took (the last one
+        taken on the way out) is in the history queue; waits at most `timeout`
+        seconds for a sample in progress.
         """
         self._stop.set()
         if self._thread.ident is not None:
@@ -211,14 +222,14 @@ class SystemMetrics:
                 self._gpu_instruments()
             if host is None and gpus is None:
                 return
+            self._timed_sample(host, gpus)  # as the run starts
             tick = 1
             while not self._stop.wait(max(0.0, self._t0 + tick * self.interval - time.monotonic())):
-                cpu = time.thread_time()
-                self._sample(host, gpus)
-                self.sample_cpu_seconds += time.thread_time() - cpu
+                self._timed_sample(host, gpus)
                 # The next due tick; ticks missed while the machine was busy are skipped.
                 behind = int((time.monotonic() - self._t0) / self.interval)
                 tick = max(tick + 1, behind + 1)
+            self._timed_sample(host, gpus)  # as the run ends
         except Exception as exc:  # a bug must cost the run its system series only
             _log.warning("tracelet: system metrics stopped: %r", exc)
         finally:
@@ -238,6 +249,11 @@ class SystemMetrics:
             return None
         return HostSampler(psutil)
 
+    def _timed_sample(self, host: HostSampler | None, gpus: NvmlDevices | None) -> None:
+        cpu = time.thread_time()
+        self._sample(host, gpus)
+        self.sample_cpu_seconds += time.thread_time() - cpu
+
     def _sample(self, host: HostSampler | None, gpus: NvmlDevices | None) -> None:
         series = host.sample() if host is not None else {}
         if gpus is not None:
@@ -253,10 +269,8 @@ class SystemMetrics:
             self._telemetry.reserve(names[n] for n in new)
         if self._abandoned:
             return
-        step, now, append = self.samples, time.time_ns(), self._queue.append
-        for name, value in series.items():
-            append((names[name], value, step, now))
-        self.samples = step + 1
+        if self._put({names[n]: value for n, value in series.items()}, self.samples):
+            self.samples += 1
 
     # -- OTel -----------------------------------------------------------------------
 

@@ -1,0 +1,422 @@
+"""`Run`: the owner of one tracked run, from `tracelet.start_logging` to its end.
+
+`tracelet.Experiment` is the handle training code holds; behind it one `Run`
+builds the run's parts in one pass and owns them until they are shut:
+
+- the **history** (`_history.History`): the in-memory queue and the journal thread;
+- one **delivery** per tracker (`_delivery.Delivery`), each on its own thread;
+- the **telemetry** (`_otel.Telemetry`): the run's OTel providers and instruments,
+  which read the run's progress from this object when a reader collects;
+- the **sampler** (`_system.SystemMetrics`) when ``track_system`` is on.
+
+It also holds what producers record (the step of each metric, the params, the
+latest values) under one producer lock, and the run's one `RunState`:
+
+``ACTIVE`` → ``ENDING`` → ``ENDED``, or ``FORKED`` for the inert copy a forked
+child inherits (`tracelet._lifecycle`).
+
+There is one door into the history queue, `put` / `put_sample`: the same lock,
+the same state check and the same memory bound (`History.wake` waits while
+``max_buffered`` records are queued) for `Experiment.log_metric` and for the
+system sampler. And there is one end path, `end`, which ending the run by
+`Experiment.end`, `tracelet.stop_logging`, leaving a ``with`` block, SIGTERM
+and interpreter exit all go through.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tracelet import _lifecycle, _provenance, _registry, _rundir, _secrets, _validate
+from tracelet._delivery import Delivery
+from tracelet._history import History
+from tracelet._otel import TRACE_ID_TAG, Telemetry, export_interval_millis, resource_attributes
+from tracelet._system import SystemMetrics
+from tracelet.errors import ExperimentClosedError, ParamConflictError
+from tracelet.export import RunInfo, RunStatus, TelemetryContext
+from tracelet.settings import TraceletSettings
+
+__all__ = ["BackendReport", "Run", "RunReport", "RunState"]
+
+_log = logging.getLogger("tracelet")
+
+
+class RunState(enum.Enum):
+    """Where a run stands. Only ``ACTIVE`` accepts what training code logs."""
+
+    ACTIVE = "active"
+    #: `Run.end` is running: producers are refused; the sampler's last sample still goes in.
+    ENDING = "ending"
+    ENDED = "ended"
+    #: The copy of a run a forked child inherited: logging does nothing, `end` ends nothing.
+    FORKED = "forked"
+
+
+_ACTIVE = RunState.ACTIVE  # read on log_metric's hot path
+
+
+@dataclass(frozen=True)
+class BackendReport:
+    """What one backend received."""
+
+    backend: str
+    delivered: int
+    undelivered: int
+    closed: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """The account of a run, made when it ends (`Experiment.report`)."""
+
+    run_id: str
+    status: RunStatus
+    points: int
+    run_dir: Path
+    backends: list[BackendReport] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """True when every backend received every point and closed its run."""
+        return all(b.undelivered == 0 and b.closed for b in self.backends)
+
+
+class Run:
+    """One run and its parts; see the module docstring.
+
+    Args:
+        settings: the resolved settings.
+        classes: the selected backends' exporter classes, by name
+            (`_registry.resolve`).
+        options: each backend's checked options (`_registry.build_options`).
+        on_started: called on a delivery thread once its exporter started.
+    """
+
+    def __init__(
+        self,
+        settings: TraceletSettings,
+        classes: Mapping[str, type[Any]],
+        options: Mapping[str, Any],
+        *,
+        on_started: Callable[[], None] | None = None,
+    ) -> None:
+        self.state = RunState.ACTIVE
+        #: The producer lock: held around every append to the history queue.
+        self.lock = threading.Lock()
+        self.step = -1  # the highest step logged
+        self.points = 0  # metric points logged (system samples aside)
+        self.params: dict[str, Any] = {}
+        #: The latest value of each metric (what its OTel gauge reports).
+        self.latest: dict[str, float] = {}
+        self.report: RunReport | None = None
+        self.close_timeout = settings.close_timeout
+        self._keep_journal = settings.keep_journal
+        self._next_step: dict[str, int] = {}
+        self._end_lock = threading.Lock()
+        self._ender: int | None = None  # the thread running `end`, while it runs
+        self._warned_child = False
+
+        self.run_id = uuid.uuid4().hex
+        self.project = settings.project or "default"
+        self.name = settings.exp_name or time.strftime("run-%Y%m%d-%H%M%S")
+        self.run_dir = _rundir.new_run_dir(settings.dir, self.run_id)
+        self.run_dir.mkdir(parents=True, exist_ok=False)
+        # Held while this process owns the run (tracelet sync waits for it).
+        self._run_lock = _rundir.RunLock(self.run_dir)
+        self._run_lock.acquire()
+        _rundir.write_run(  # what `tracelet sync` needs to finish the run elsewhere; no secrets
+            self.run_dir,
+            run_id=self.run_id,
+            project=self.project,
+            name=self.name,
+            backends=list(classes),
+            options={n: _secrets.public_options(options[n]) for n in classes},
+        )
+        info = RunInfo(run_id=self.run_id, project=self.project, name=self.name)
+        # Telemetry backends (otlp, prometheus) feed the OTel providers; the others
+        # are trackers, each fed the history by a Delivery thread.
+        telemetry_classes = {n: c for n, c in classes.items() if _registry.is_telemetry(c)}
+        trackers = {n: c for n, c in classes.items() if n not in telemetry_classes}
+        # Git and environment are read now: the vcs.* attributes belong on the
+        # Resource, which is fixed when the provider is created.
+        provenance = _provenance.capture(git=settings.track_git, env=settings.track_env)
+
+        self.history = History(
+            self.run_dir / _rundir.JOURNAL_FILE,
+            flush_interval=settings.flush_interval,
+            max_buffered=settings.max_buffered_points,
+            on_names=self._new_names,
+        )
+        self._queue = self.history.queue
+        self._wake_at = self.history.wake_at
+        self.deliveries = [
+            Delivery(
+                backend,
+                cls(options[backend]),
+                info,
+                self.history,
+                _rundir.state_path(self.run_dir, backend),
+                on_started=on_started,
+            )
+            for backend, cls in trackers.items()
+        ]
+        self.telemetry = Telemetry(
+            {**resource_attributes(self.run_id, self.project, self.name), **provenance.resource},
+            self.latest,
+            self,
+            backends={n: c(options[n]) for n, c in telemetry_classes.items()},
+            context=TelemetryContext(
+                info, export_interval_millis(settings.metrics_interval, os.environ)
+            ),
+        )
+        self.sampler = (
+            SystemMetrics(
+                interval=settings.metrics_interval, put=self.put_sample, telemetry=self.telemetry
+            )
+            if settings.track_system
+            else None
+        )
+        _lifecycle.track(self)
+
+        if provenance.tags:
+            self.put_tags(_validate.tags(provenance.tags))
+        if self.telemetry.exports_traces:  # links each tracker run to the run's trace
+            self.put_tags({TRACE_ID_TAG: self.telemetry.trace_id})
+        if self.sampler is not None:
+            self.sampler.start()
+        for delivery in self.deliveries:
+            delivery.start()
+
+    def _new_names(self, names: set[str]) -> None:
+        """Metric names the journal saw for the first time: each gets its OTel gauge."""
+        self.telemetry.observe(names)
+
+    # -- the door into the history queue ------------------------------------------
+
+    def put(self, name: str, value: float, step: int | None) -> None:
+        """Queue one checked metric point (`Experiment.log_metric`).
+
+        `step` None continues the metric from its previous step. Waits while
+        the queue holds ``max_buffered`` records (the journal writer is behind).
+
+        Raises:
+            ExperimentClosedError: the run has ended or is ending.
+        """
+        with self.lock:
+            if self.state is not _ACTIVE:
+                self._refuse()
+                return
+            if step is None:
+                step = self._next_step.get(name, 0)
+            self._next_step[name] = step + 1
+            self._queue.append((name, value, step, time.time_ns()))
+            self.latest[name] = value
+            self.points += 1
+            if step > self.step:
+                self.step = step
+        if len(self._queue) >= self._wake_at:
+            self.history.wake()
+
+    def put_sample(self, series: Mapping[str, float], step: int) -> bool:
+        """Queue one system sample (`_system.SystemMetrics`), all at `step`.
+
+        The door `put` is, for a feeder that is not training code: system
+        series keep their own steps (the sample index) and count neither in
+        the run's step nor in its points (``tracelet.step``,
+        ``tracelet.points``), and the last sample is still taken while the run
+        is ending (the sampler is stopped before the history closes). False
+        when the run takes no more samples.
+        """
+        with self.lock:
+            if self.state is not _ACTIVE and self.state is not RunState.ENDING:
+                return False
+            now, append = time.time_ns(), self._queue.append
+            for name, value in series.items():
+                append((name, value, step, now))
+        if len(self._queue) >= self._wake_at:
+            self.history.wake()
+        return True
+
+    def put_params(self, flat: Mapping[str, Any]) -> None:
+        """Queue the params of `flat` not logged before (`Experiment.log_params`).
+
+        Raises:
+            ParamConflictError: a param already logged with another value; none is queued.
+            ExperimentClosedError: the run has ended.
+        """
+        with self.lock:
+            if self.state is not _ACTIVE:
+                self._refuse()
+                return
+            for key, value in flat.items():
+                old = self.params.get(key, value)
+                if not _validate.same_param(old, value):
+                    raise ParamConflictError(
+                        f"param {key!r} was logged as {old!r}; it cannot change to {value!r}. "
+                        f"Log it under a new name, e.g. {key + '_2'!r}"
+                    )
+            new = {k: v for k, v in flat.items() if k not in self.params}
+            if new:
+                self.params.update(new)
+                self._queue.append(("p", new))
+
+    def put_tags(self, tags: dict[str, str]) -> None:
+        """Queue checked tags (`Experiment.set_tags`).
+
+        Raises:
+            ExperimentClosedError: the run has ended.
+        """
+        with self.lock:
+            if self.state is not _ACTIVE:
+                self._refuse()
+                return
+            self._queue.append(("t", tags))
+
+    def _refuse(self) -> None:
+        if self.state is RunState.FORKED:
+            if not self._warned_child:
+                self._warned_child = True
+                _log.warning(
+                    "tracelet: process %d is a fork of the process running experiment %r; "
+                    "what it logs is not recorded (log from the parent process)",
+                    os.getpid(),
+                    self.name,
+                )
+            return
+        raise ExperimentClosedError(f"experiment {self.name!r} has ended; start a new one")
+
+    # -- the end path ----------------------------------------------------------------
+
+    def ending_here(self) -> bool:
+        """True while the calling thread is inside `end` (a signal handler interrupted it)."""
+        return self._ender == threading.get_ident()
+
+    def end(self, status: RunStatus) -> RunReport:
+        """End the run: deliver every point, close the tracker runs, report.
+
+        Waits at most ``close_timeout`` for the backends. What a backend has
+        not received by then stays in the run's journal and is reported
+        (``tracelet sync`` delivers it later). Calling it again returns the
+        same report.
+        """
+        if self.state is RunState.FORKED:
+            return RunReport(self.run_id, status, 0, self.run_dir, [])
+        if self.ending_here():  # a signal handler interrupted this thread's end
+            return self.report if self.report is not None else self._make_report(status)
+        with self._end_lock:
+            if self.report is not None:
+                return self.report
+            self._ender = threading.get_ident()
+            # A signal handler may run `end` while this thread holds the producer
+            # lock (inside log_metric): wait for it briefly, never forever.
+            locked = self.lock.acquire(timeout=1.0)
+            self.state = RunState.ENDING
+            if locked:
+                self.lock.release()
+            deadline = time.monotonic() + self.close_timeout
+            if self.sampler is not None:  # its last sample goes in the journal too
+                try:
+                    self.sampler.stop()
+                except Exception as exc:
+                    _log.warning("tracelet: stopping the system sampler failed: %r", exc)
+            self.history.close()
+            for delivery in self.deliveries:
+                delivery.finish(status, deadline)
+            for delivery in self.deliveries:
+                delivery.join(deadline - time.monotonic())
+            try:
+                self.telemetry.shutdown(max(1.0, deadline - time.monotonic()) * 1000, status.value)
+            except Exception as exc:  # never let telemetry cost the run its report
+                _log.warning("tracelet: OTel shutdown failed: %r", exc)
+            self.report = self._make_report(status)
+            self._ender = None
+            self._record_end(self.report)
+            self.state = RunState.ENDED
+        self._log_report(self.report)
+        if self.report.complete and not self._keep_journal:
+            self.history.path.unlink(missing_ok=True)
+        return self.report
+
+    def _make_report(self, status: RunStatus) -> RunReport:
+        points = self.history.points
+        backends = [
+            BackendReport(
+                backend=d.backend,
+                delivered=d.delivered,
+                undelivered=points - d.delivered,
+                closed=d.closed,
+                error=None if d.error is None else _secrets.redact(repr(d.error)),
+            )
+            for d in self.deliveries
+        ]
+        return RunReport(self.run_id, status, points, self.run_dir, backends)
+
+    def _record_end(self, report: RunReport) -> None:
+        """Keep the final status in run.json (``tracelet sync`` closes runs with it).
+
+        The run directory is unlocked for ``tracelet sync`` unless a delivery
+        thread is still inside an export call past the deadline (then it
+        stays locked until this process exits).
+        """
+        try:
+            _rundir.update_run(
+                self.run_dir,
+                status=report.status.value,
+                points=report.points,
+                complete=report.complete,
+            )
+        except OSError as exc:
+            _log.warning("tracelet: cannot record the end of run %s: %r", self.run_id, exc)
+        for delivery in self.deliveries:  # one leaving its last backoff at the deadline
+            if delivery.alive:
+                delivery.join(0.5)
+        if not any(d.alive for d in self.deliveries):
+            self._run_lock.release()
+
+    def _log_report(self, report: RunReport) -> None:
+        for b in report.backends:
+            if b.undelivered or not b.closed:
+                _log.error(
+                    "tracelet: run %s: backend %r received %d of %d points%s; the rest is kept "
+                    "in %s; deliver it with: tracelet sync %s",
+                    report.run_id,
+                    b.backend,
+                    b.delivered,
+                    report.points,
+                    f" (last error: {b.error})" if b.error else "",
+                    report.run_dir,
+                    report.run_dir,
+                )
+            else:
+                _log.info(
+                    "tracelet: run %s: backend %r received all %d points (%s)",
+                    report.run_id,
+                    b.backend,
+                    b.delivered,
+                    report.status.value,
+                )
+
+    # -- fork --------------------------------------------------------------------------
+
+    def _forget_in_child(self) -> None:
+        """In a forked child: make this copy inert (see `tracelet._lifecycle`).
+
+        Logging calls do nothing and warn once, `end` ends nothing, and the
+        copy never touches the parent's journal, backends or locks.
+        """
+        self.state = RunState.FORKED
+        self.lock = threading.Lock()
+        self._end_lock = threading.Lock()
+        self._ender = None
+        self.history.forget_in_child()
+        self._run_lock.forget_in_child()
