@@ -13,10 +13,9 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 
 import tracelet
+from tests._helpers import QUIET
 from tracelet.export import Batch, ExportResult, RunStatus
 from tracelet.testing import InMemoryExporter
-
-QUIET = tracelet.TraceletSettings(track_system=False, track_git=False, track_env=False)
 
 
 def suppressed() -> bool:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,8 @@ from mlflow import MlflowClient
 
 import tracelet
 import tracelet._history
-from tests._reliability import QUIET, mlflow_history, mlflow_run
+from tests._helpers import QUIET
+from tests._reliability import mlflow_history, mlflow_run
 from tracelet import RunStatus, TraceletSettings
 from tracelet._run import RunState
 from tracelet._system import PREFIX
@@ -22,9 +25,9 @@ from tracelet.testing import InMemoryExporter
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One MLflow sqlite store for the module (its schema is migrated once)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('lifecycle') / 'mlflow.db'}"
+def store(tmp_path_factory: pytest.TempPathFactory, mlflow_store: Callable[[Path], str]) -> str:
+    """One MLflow sqlite store for the module (a copy of the session's migrated one)."""
+    return mlflow_store(tmp_path_factory.mktemp("lifecycle") / "mlflow.db")
 
 
 def start(store: str, name: str, settings: TraceletSettings = QUIET) -> tracelet.Experiment:
