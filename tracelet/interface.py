@@ -94,6 +94,7 @@ def start_logging(
     options = _registry.build_options(classes, {**resolved.config, **(config or {})})
     for source in (resolved.config, config):  # masked wherever they might show up
         _secrets.register_from(source)
+    _secrets.set_unmasked_keys(resolved.unmasked_keys)
 
     with _lock:
         if _active is not None:
