@@ -8,9 +8,9 @@ journal on. So memory holds at most `max_buffered` records however slow a
 backend is: everything else is on disk, replayed from there in order.
 
 Only when the journal writer itself cannot keep up (or the disk refuses the
-journal) does a producer wait for room, counted in `blocked`. Records being
-written count against the bound too, so memory holds at most about
-`max_buffered` records even while every write fails.
+journal) does a producer wait for room, counted in `blocked`. Records leave
+the queue only once written, so the queue is all that memory holds and
+`max_buffered` bounds it even while every write fails.
 
 A full disk: the records are kept in memory and written again every 0.5 s;
 producers wait once the bound is reached. If the disk still refuses after
@@ -34,6 +34,7 @@ parent's journal at its exit.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -77,7 +78,7 @@ class History:
         self.unwritten = 0  # points still unwritten when the history closed
         self.deleted = False  # the journal was unlinked (its run directory deleted)
         self.error: BaseException | None = None
-        self._held = 0  # records taken off the queue by a write in progress
+        self._held = 0  # records at the queue's head that a write in progress holds
         self._full_since: float | None = None  # when producers began waiting on it
         self.written = threading.Condition()  # notified when `committed` grows
         self._flush_interval = flush_interval
@@ -94,8 +95,8 @@ class History:
 
     @property
     def backlog(self) -> int:
-        """Records held in memory (queued or being written), not yet in the journal."""
-        return len(self.queue) + self._held
+        """Records held in memory, not yet in the journal."""
+        return len(self.queue)
 
     @property
     def lost(self) -> int:
@@ -103,7 +104,7 @@ class History:
         return self.dropped + self.unwritten
 
     def _full(self) -> bool:
-        return len(self.queue) + self._held >= self.max_buffered
+        return len(self.queue) >= self.max_buffered
 
     def wake(self) -> None:
         """Ask the journal thread to write now; wait while memory is full.
@@ -141,10 +142,9 @@ class History:
             )
         if now - self._full_since < FULL_DISK_WAIT:
             return False
-        try:
-            record = self.queue.pop()
-        except IndexError:
-            return True
+        if len(self.queue) <= self._held:  # only what a write holds: never shed that
+            return False
+        record = self.queue.pop()
         if len(record) != 4:  # params and tags are few: keep them
             self.queue.append(record)
             return True
@@ -250,14 +250,17 @@ class History:
         """Write what is queued; False when a write failed (the records are queued again)."""
         queue, popleft = self.queue, self.queue.popleft
         while queue:
-            n = min(len(queue), _CHUNK)
-            self._held = n  # counted before popping: producers never see the room twice
-            records = [popleft() for _ in range(n)]
+            # Written from the queue's head and removed only once on disk: the
+            # queue is all that memory holds, and the bound counts it whole.
+            n = self._held = min(len(queue), _CHUNK)
+            try:  # one C call: under the GIL no producer appends meanwhile
+                records = list(itertools.islice(queue, n))
+            except RuntimeError:  # "deque mutated during iteration" (free-threaded build)
+                continue
             try:
                 data = encode(records)
                 self._write(data)
-            except BaseException as exc:  # disk full, unencodable value: keep the records
-                queue.extendleft(reversed(records))
+            except BaseException as exc:  # disk full, unencodable value: the records stay queued
                 self._held = 0
                 self.write_errors += 1
                 if self.error is None:
@@ -282,10 +285,12 @@ class History:
                         self._on_names(new)
                     except Exception as exc:  # telemetry must never stop the journal
                         _log.warning("tracelet: new-metric callback failed: %r", exc)
+            for _ in range(n):
+                popleft()
+            self._held = 0
             with self.written:
                 self.committed += len(data)
                 self.points += points
-                self._held = 0
                 self.written.notify_all()
             # Wake waiting producers, but never block on them: a producer
             # interrupted by a signal handler that ends the run may hold this.
