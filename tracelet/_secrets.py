@@ -6,11 +6,15 @@ Secrets reach a process three ways: the environment (``WANDB_API_KEY``,
 fields of an exporter's options), and URLs that carry credentials
 (``https://user:token@host``, a git remote with a token). tracelet
 
+- judges every name (param, tag, span attribute, option, environment
+  variable, command-line flag) by one rule, `secret_name`;
 - never persists a ``SecretStr`` option, nor an option whose name says it is
   one (`public_options`);
+- stores the string under a secret-looking param, tag or attribute key as
+  ``***`` (`mask_secret_keys`; `set_unmasked_keys` keeps chosen keys);
 - replaces a known secret found in a param, tag, saved state or log line by
   ``***`` (`redact`, `scrub`), and the password part of a URL likewise
-  (`redact_url`);
+  (`redact_url`; `strip_url_credentials` for a remote URL recorded whole);
 - filters every record of the ``tracelet`` loggers through `RedactingFilter`.
 """
 
