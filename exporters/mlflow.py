@@ -7,8 +7,9 @@ r"""MLflow exporter: one MLflow run per tracelet run, written with ``MlflowClien
 - A batch retried after a half-applied request is harmless: MLflow's SQL store
   skips metrics whose (key, value, timestamp, step) it already holds.
 - MLflow's SQL stores keep NaN but store ±inf as ±1.797e308 (the float limits).
-- Names MLflow refuses are mapped, with one warning each: characters outside
-  ``[A-Za-z0-9_./\- :]`` become ``_``; path-like names lose their empty and
+- Names MLflow refuses are mapped, with one warning each: characters other
+  than letters and digits of any script (``\w``) and ``_./\- :`` become
+  ``_``; path-like names lose their empty and
   ``.`` segments (``/a`` → ``a``, ``a//b`` and ``a/./b`` → ``a/b``, ``a/`` →
   ``a``) and ``..`` becomes ``__``; names are cut to 250
   characters; two names that would map to the same key stay apart (``_2``).

@@ -13,10 +13,16 @@
   ``WANDB_API_KEY``, ...) apply to whatever ``config`` leaves unset.
 - tracelet's run is its own (``reinit="create_new"``): it neither finishes nor
   becomes the ``wandb.run`` of code that uses W&B directly.
+- A command line with secret-looking values (``--api-key X``) turns W&B's own
+  metadata capture off for the run (`_private_meta`): W&B would store it
+  unmasked.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +46,9 @@ from tracelet.exporters._wandb_translate import (
     Row,
     pack_rows,
 )
-from tracelet.toolkit import iter_wandb_history
+from tracelet.toolkit import iter_wandb_history, redact_command
+
+_log = logging.getLogger("tracelet")
 
 #: ``run.finish(exit_code=...)`` per final status; W&B shows non-zero as failed.
 EXIT_CODES = {RunStatus.FINISHED: 0, RunStatus.FAILED: 1, RunStatus.KILLED: 255}
@@ -90,7 +98,7 @@ class WandbExporter(TrackerExporter):
             Path(cfg.dir).mkdir(parents=True, exist_ok=True)
         # tracelet's run must not finish, or be returned instead of, a run the
         # training code opened with wandb.init itself.
-        settings = wandb.Settings(**{**(cfg.settings or {}), "reinit": "create_new"})
+        settings = wandb.Settings(**{**_private_meta(cfg.settings), "reinit": "create_new"})
         self._tags = TagLabels("W&B", cfg.tags, MAX_TAG)
         self._run = wandb.init(
             project=previous.get("project") or run.project,
@@ -207,3 +215,27 @@ def read_previous_rows(
         if start == 0 or (first is not None and (rows_from is None or first <= rows_from)):
             return last, stored
         window *= 4
+
+
+def _private_meta(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """W&B settings that keep W&B from recording what tracelet masks.
+
+    W&B stores the command line (``sys.argv``) in its run metadata, in the
+    ``.wandb`` file and on the server. When the command line holds a
+    secret-looking value (``--api-key X``, ``--token=Y``: what tracelet's own
+    ``env.command`` tag masks), W&B's metadata capture (``x_disable_meta``:
+    args, program, host, git) is turned off for the run, unless the user set
+    ``x_disable_meta`` themselves; it cannot be given a masked command line.
+    """
+    chosen = dict(settings or {})
+    if "x_disable_meta" in chosen or "WANDB__DISABLE_META" in os.environ:
+        return chosen
+    argv = list(getattr(sys, "argv", []))
+    if redact_command(argv) != argv:
+        chosen["x_disable_meta"] = True
+        _log.warning(
+            "tracelet: the command line holds secret-looking values; W&B's run metadata "
+            "(command line, host, git) is not recorded for this run. Pass "
+            "config={'wandb': {'settings': {'x_disable_meta': False}}} to record it anyway"
+        )
+    return chosen

@@ -155,6 +155,37 @@ def test_a_torn_last_frame_is_ignored_and_the_status_can_be_overridden(
     assert_exactly_once(steps, range(1200), "x")
 
 
+def test_a_journal_cut_short_of_what_the_run_recorded_is_kept_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    exp = tracelet.start_logging(
+        "cut", "sync", backend="mlflow", config={"tracking_uri": dead}, settings=SHORT
+    )
+    for i in range(5000):
+        exp.log_metric("x", float(i), iteration=i)
+    exp.end()
+    assert read_json(exp.run_dir / "run.json")["points"] == 5000
+    journal = exp.run_dir / "journal.jsonl"
+    data = journal.read_bytes()
+    last = data.rindex(b"\n", 0, len(data) - 1) + 1  # the last frame: 1000 points
+    journal.write_bytes(data[: last + (len(data) - last) // 2])  # cut mid-line
+
+    uri = f"sqlite:///{tmp_path / 'cut.db'}"
+    code = cli.main(
+        ["sync", str(exp.run_dir), "--config", json.dumps({"mlflow": {"tracking_uri": uri}})]
+    )
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert journal.exists()
+    assert "1000 points are missing from the journal" in out
+    assert "complete: the journal was removed" not in out
+    run = mlflow_run(uri, exp.run_id)
+    steps = [s for s, _, _ in mlflow_history(uri, run.info.run_id, "x")]
+    assert_exactly_once(steps, range(4000), "x")  # the intact frames, once
+    assert read_json(exp.run_dir / "run.json")["complete"] is False
+
+
 def test_sync_refuses_a_run_its_process_still_owns(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

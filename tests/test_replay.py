@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,19 @@ def test_stored_tail_stops_for_good_at_the_first_new_point(
     assert "is new" in caplog.text
 
 
-def _crash_and_resume_twice(make: Any) -> list[dict[str, Any]]:
+def _crash_and_resume_twice(
+    make: Any, settle: Callable[[], None] = lambda: None
+) -> list[dict[str, Any]]:
     """Three processes of one run; each 'crashes' after its last durable cursor.
 
     A delivers B1 (durable) and B2, then dies. B resumes from A's mark, gets
     B2's first half (durable: all of it was stored), then B2's rest and B3,
     and dies. C resumes from B's mark and gets B2's rest, B3 and B4.
+
+    `settle` runs after each "process" ends: what the backend's own writer
+    does before the next process starts (W&B's service writes the ``.wandb``
+    file after ``run.finish()`` returned; when a process dies its service
+    finishes the file before a later ``tracelet sync`` reads it).
     """
     states = []
     a: TrackerExporter = make()
@@ -64,6 +72,7 @@ def _crash_and_resume_twice(make: Any) -> list[dict[str, Any]]:
     states.append(a.resume_state())
     a.export(Batch(metrics=B2))
     a.shutdown()
+    settle()
 
     b: TrackerExporter = make()
     b.start(RunInfo(**{**RUN.__dict__, "resume": states[-1]}))
@@ -73,6 +82,7 @@ def _crash_and_resume_twice(make: Any) -> list[dict[str, Any]]:
     b.export(Batch(metrics=B2[10:]))
     b.export(Batch(metrics=B3))
     b.shutdown()
+    settle()
 
     c: TrackerExporter = make()
     states.append(c.start(RunInfo(**{**RUN.__dict__, "resume": states[-1]})))
@@ -81,6 +91,7 @@ def _crash_and_resume_twice(make: Any) -> list[dict[str, Any]]:
     assert c.force_flush()
     states.append(c.resume_state())
     c.shutdown()
+    settle()
     return states
 
 
@@ -95,10 +106,14 @@ def _each_point_once(stored: dict[str, list[tuple[int, float]]]) -> None:
 @pytest.mark.usefixtures("offline_trackers")
 def test_wandb_resumed_twice_holds_each_point_once() -> None:
     pytest.importorskip("wandb")
+    from tests._trackers import wandb_written
     from tracelet.exporters.wandb import WandbExporter
     from tracelet.testing import read_wandb_run
 
-    states = _crash_and_resume_twice(WandbExporter)
+    # Read only files W&B has finished writing: run.finish() returns before
+    # wandb-core wrote the last rows, and under load the test read C's file
+    # without B4 (steps 30-39) though W&B stored them.
+    states = _crash_and_resume_twice(WandbExporter, settle=wandb_written)
     assert len(states[1]["pending"]) == 10  # B2's rest, stored by A, still to skip
     runs = [read_wandb_run(f) for f in dict.fromkeys(s["sync_file"] for s in states)]
     assert len(runs) == 3

@@ -9,6 +9,11 @@ because some SDKs buffer what they accepted (ClearML holds events in memory
 until it flushes). A later ``tracelet sync`` resumes there, so nothing an SDK
 had not yet written is lost with the process.
 
+The journal is opened once, when the delivery is made, and read through that
+descriptor: if a cleanup script deletes the run directory, the unlinked
+journal stays readable and every point is still delivered (saving the cursor
+then fails; that is logged once and does not stop delivery).
+
 A failing backend is retried with exponential backoff (0.5 s doubling to
 30 s); it never holds up the training loop or the other backends, and its
 points wait in the journal, not in memory.
@@ -92,6 +97,9 @@ class Delivery:
         self._deadline = float("inf")
         self._kick = threading.Event()  # cuts a backoff sleep short when the run closes
         self._secrets: list[str] | None = None  # masked in the saved resume state
+        self._save_failed = False
+        # Opened now, not by path later: a deleted run directory leaves it readable.
+        self._journal = history.path.open("rb")
         self._thread = threading.Thread(
             target=self._run, name=f"tracelet-export-{backend}", daemon=True
         )
@@ -133,6 +141,7 @@ class Delivery:
             _log.exception("tracelet: delivery to %r stopped: %r", self.backend, exc)
         finally:
             otel_context.detach(token)
+            self._journal.close()
 
     def _loop(self) -> None:
         if not self._retry("start", self._start):
@@ -196,11 +205,10 @@ class Delivery:
         self._save()
 
     def _deliver_to(self, end: int) -> bool:
-        with self.history.path.open("rb") as f:
-            while self._sent_offset < end:
-                ok = self._retry("export", lambda: self._export_from(f, end))
-                if not ok:
-                    return False
+        f = self._journal
+        while self._sent_offset < end:
+            if not self._retry("export", lambda: self._export_from(f, end)):
+                return False
         return True
 
     def _export_from(self, f: Any, end: int) -> None:
@@ -258,13 +266,29 @@ class Delivery:
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
     def _save(self) -> None:
-        save_json(
-            self.state_path,
-            {
-                "backend": self.backend,
-                "offset": self.offset,
-                "delivered": self.delivered,
-                "closed": self.closed,
-                "resume": _secrets.scrub(self.resume, self._secrets),
-            },
-        )
+        """Save the cursor; a failure (run directory deleted, disk full) is logged, not raised.
+
+        The cursor only serves a later ``tracelet sync``; delivery must not stop for it.
+        """
+        try:
+            save_json(
+                self.state_path,
+                {
+                    "backend": self.backend,
+                    "offset": self.offset,
+                    "delivered": self.delivered,
+                    "closed": self.closed,
+                    "resume": _secrets.scrub(self.resume, self._secrets),
+                },
+            )
+        except OSError as exc:
+            if not self._save_failed:
+                _log.warning(
+                    "tracelet: cannot save the %r cursor in %s: %r; delivery goes on",
+                    self.backend,
+                    self.state_path,
+                    exc,
+                )
+            self._save_failed = True
+        else:
+            self._save_failed = False

@@ -8,8 +8,23 @@ journal on. So memory holds at most `max_buffered` records however slow a
 backend is: everything else is on disk, replayed from there in order.
 
 Only when the journal writer itself cannot keep up (or the disk refuses the
-journal) does a producer wait for room, counted in `blocked`; nothing is ever
-dropped.
+journal) does a producer wait for room, counted in `blocked`. Records leave
+the queue only once written, so the queue is all that memory holds and
+`max_buffered` bounds it even while every write fails.
+
+A full disk: the records are kept in memory and written again every 0.5 s;
+producers wait once the bound is reached. If the disk still refuses after
+`FULL_DISK_WAIT` seconds of waiting, the run goes on and the points logged
+while the bound is reached are *shed*: counted in `dropped`, logged at ERROR,
+and reported as lost (the run's report is not complete). Training is paused
+for a bounded time, never hung by a disk, and no point is lost silently. At
+close, writing is retried until the close deadline; what is still unwritten
+then is counted in `lost` too.
+
+A deleted run directory (a cleanup script): the journal's inode lives on while
+a descriptor holds it, so the writer and the delivery threads (which opened
+the journal when they were made) go on; `deleted` tells, and a warning says
+that nothing will be left on disk for ``tracelet sync``.
 
 Each write goes straight to the OS (``os.write`` on an ``O_APPEND`` descriptor,
 no user-space buffer), so what was written survives the process being killed,
@@ -19,6 +34,7 @@ parent's journal at its exit.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -33,6 +49,10 @@ _log = logging.getLogger("tracelet")
 
 #: Records the journal thread encodes per write.
 _CHUNK = 50_000
+#: Seconds between attempts to write a journal the disk refused.
+RETRY_EVERY = 0.5
+#: Seconds producers wait for a refusing disk, once memory is full, before points are shed.
+FULL_DISK_WAIT = 60.0
 
 
 class History:
@@ -54,7 +74,12 @@ class History:
         self.points = 0  # metric points written to the journal
         self.blocked = 0  # times a producer waited for room
         self.write_errors = 0  # failed journal writes (each retried)
+        self.dropped = 0  # points shed while the disk refused and memory was full
+        self.unwritten = 0  # points still unwritten when the history closed
+        self.deleted = False  # the journal was unlinked (its run directory deleted)
         self.error: BaseException | None = None
+        self._held = 0  # records at the queue's head that a write in progress holds
+        self._full_since: float | None = None  # when producers began waiting on it
         self.written = threading.Condition()  # notified when `committed` grows
         self._flush_interval = flush_interval
         self._on_names = on_names
@@ -70,40 +95,106 @@ class History:
 
     @property
     def backlog(self) -> int:
-        """Records queued in memory, not yet in the journal."""
+        """Records held in memory, not yet in the journal."""
         return len(self.queue)
 
-    def wake(self) -> None:
-        """Ask the journal thread to write now; wait while the queue is full."""
-        self._wake.set()
-        if len(self.queue) >= self.max_buffered and threading.current_thread() is not self._thread:
-            self.blocked += 1
-            with self._room:
-                while (
-                    len(self.queue) >= self.max_buffered
-                    and not self._stop
-                    and self._thread.is_alive()
-                ):
-                    self._room.wait(0.05)
+    @property
+    def lost(self) -> int:
+        """Points accepted by the run that never reached the journal (shed or unwritten)."""
+        return self.dropped + self.unwritten
 
-    def close(self) -> None:
-        """Write everything queued, sync the file to disk and stop the thread. Idempotent."""
+    def _full(self) -> bool:
+        return len(self.queue) >= self.max_buffered
+
+    def wake(self) -> None:
+        """Ask the journal thread to write now; wait while memory is full.
+
+        While the disk refuses the journal, the wait is bounded: after
+        `FULL_DISK_WAIT` s the newest point is shed (counted) instead.
+        """
+        self._wake.set()
+        if not self._full() or threading.current_thread() is self._thread:
+            return
+        if self._shed():
+            return
+        self.blocked += 1
+        with self._room:
+            while self._full() and not self._stop and self._thread.is_alive():
+                if self._shed():
+                    return
+                self._room.wait(0.05)
+
+    def _shed(self) -> bool:
+        """Drop the newest metric point if the disk has refused long enough; True if done."""
+        if self.error is None:
+            self._full_since = None
+            return False
+        now = time.monotonic()
+        if self._full_since is None:
+            self._full_since = now
+            _log.error(
+                "tracelet: the journal %s cannot be written (%r) and %d points fill memory: "
+                "log_metric waits up to %g s for the disk, then sheds new points (counted)",
+                self.path,
+                self.error,
+                self.max_buffered,
+                FULL_DISK_WAIT,
+            )
+        if now - self._full_since < FULL_DISK_WAIT:
+            return False
+        if len(self.queue) <= self._held:  # only what a write holds: never shed that
+            return False
+        record = self.queue.pop()
+        if len(record) != 4:  # params and tags are few: keep them
+            self.queue.append(record)
+            return True
+        if not self.dropped:
+            _log.error(
+                "tracelet: the journal %s still cannot be written after %g s; shedding new "
+                "points (the run report counts them as lost) until the disk accepts writes",
+                self.path,
+                FULL_DISK_WAIT,
+            )
+        self.dropped += 1
+        return True
+
+    def close(self, deadline: float | None = None) -> None:
+        """Write everything queued, sync the file to disk and stop the thread. Idempotent.
+
+        Args:
+            deadline: `time.monotonic()` until which a refused write is retried
+                (the run's close deadline); by default three tries.
+        """
         if self._closed:
             return
         self._stop = True
         self._wake.set()
         if self._thread is not threading.current_thread():
             self._thread.join()
-        for _ in range(3):  # whatever raced in after the thread's last pass
-            if not self.queue or self._drain():
+        tries = 0
+        while self.queue and not self._drain():  # also whatever raced in after the last pass
+            tries += 1
+            left = (deadline if deadline is not None else 0.0) - time.monotonic()
+            if (deadline is None and tries >= 3) or (deadline is not None and left <= 0):
                 break
+            threading.Event().wait(min(RETRY_EVERY, max(0.0, left)))
+        self.unwritten = sum(1 for r in self.queue if len(r) == 4)
         if self.queue:
             _log.error(
-                "tracelet: %d records could not be written to the journal %s: %r",
+                "tracelet: %d points (%d records) could not be written to the journal %s "
+                "before the close deadline: %r; they are lost",
+                self.unwritten,
                 len(self.queue),
                 self.path,
                 self.error,
             )
+        if self.dropped:
+            _log.error(
+                "tracelet: %d points were shed while the journal %s could not be written",
+                self.dropped,
+                self.path,
+            )
+        self._check_deleted()
         self._closed = True
         try:
             os.fsync(self._fd)
@@ -127,13 +218,30 @@ class History:
         except OSError:
             pass
 
+    def _check_deleted(self) -> None:
+        """Notice (once) that the journal was unlinked, e.g. its run directory removed."""
+        if self.deleted:
+            return
+        try:
+            self.deleted = os.fstat(self._fd).st_nlink == 0
+        except OSError:
+            return
+        if self.deleted:
+            _log.error(
+                "tracelet: the run directory %s was deleted while the run is active; "
+                "logging and delivery go on from the open journal, but nothing is left on "
+                "disk for `tracelet sync` if a backend does not receive everything",
+                self.path.parent,
+            )
+
     def _run(self) -> None:
         while not self._stop:
             self._wake.wait(self._flush_interval)
             self._wake.clear()
+            self._check_deleted()
             try:
                 if not self._drain():
-                    time.sleep(0.5)  # the disk refused: retry later, the records are kept
+                    time.sleep(RETRY_EVERY)  # the disk refused: retry later, records are kept
             except Exception as exc:  # never let the writer die: producers would wait forever
                 _log.exception("tracelet: journal thread error: %r", exc)
                 time.sleep(0.5)
@@ -142,19 +250,18 @@ class History:
         """Write what is queued; False when a write failed (the records are queued again)."""
         queue, popleft = self.queue, self.queue.popleft
         while queue:
-            records = [popleft() for _ in range(min(len(queue), _CHUNK))]
-            # Wake waiting producers, but never block on them: a producer
-            # interrupted by a signal handler that ends the run may hold this.
-            if self._room.acquire(blocking=False):
-                try:
-                    self._room.notify_all()
-                finally:
-                    self._room.release()
+            # Written from the queue's head and removed only once on disk: the
+            # queue is all that memory holds, and the bound counts it whole.
+            n = self._held = min(len(queue), _CHUNK)
+            try:  # one C call: under the GIL no producer appends meanwhile
+                records = list(itertools.islice(queue, n))
+            except RuntimeError:  # "deque mutated during iteration" (free-threaded build)
+                continue
             try:
                 data = encode(records)
                 self._write(data)
-            except BaseException as exc:  # disk full, unencodable value: keep the records
-                queue.extendleft(reversed(records))
+            except BaseException as exc:  # disk full, unencodable value: the records stay queued
+                self._held = 0
                 self.write_errors += 1
                 if self.error is None:
                     _log.error(
@@ -168,6 +275,7 @@ class History:
             if self.error is not None:
                 _log.warning("tracelet: the journal %s is writable again", self.path)
                 self.error = None
+                self._full_since = None
             points = sum(1 for r in records if len(r) == 4)
             if self._on_names is not None:
                 new = {r[0] for r in records if len(r) == 4} - self._names
@@ -177,10 +285,20 @@ class History:
                         self._on_names(new)
                     except Exception as exc:  # telemetry must never stop the journal
                         _log.warning("tracelet: new-metric callback failed: %r", exc)
+            for _ in range(n):
+                popleft()
+            self._held = 0
             with self.written:
                 self.committed += len(data)
                 self.points += points
                 self.written.notify_all()
+            # Wake waiting producers, but never block on them: a producer
+            # interrupted by a signal handler that ends the run may hold this.
+            if self._room.acquire(blocking=False):
+                try:
+                    self._room.notify_all()
+                finally:
+                    self._room.release()
         return True
 
     def _write(self, data: bytes) -> None:

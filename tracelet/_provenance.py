@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+from tracelet import _secrets
+
 __all__ = [
     "PACKAGES",
     "GitInfo",
@@ -59,66 +61,10 @@ _REDACTED = "***"
 
 
 # -- credentials ------------------------------------------------------------------
+# The rules (which names are secret, how a URL loses its credentials) live in
+# `tracelet._secrets`, shared with params, tags, options and logs.
 
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.S)
-_SSH_SCHEMES = {"ssh", "git+ssh", "ssh+git"}
-
-
-def scrub_url(url: str) -> str:
-    """A remote URL without the credentials it may carry.
-
-    - ``https://user:token@host/org/repo.git`` and ``https://token@host/…`` →
-      ``https://host/org/repo.git`` (the whole user part goes: a token is often
-      passed as the user name); a query or fragment is dropped too
-      (``?private_token=…``).
-    - ``ssh://git:pw@host/repo`` → ``ssh://git@host/repo``; scp-like
-      ``git@host:org/repo.git`` is kept (over SSH the user name is no secret,
-      a password is).
-    - Local paths are returned as they are.
-
-    As git does, the user part is what precedes the last ``@`` before the
-    first ``/`` of the address.
-    """
-    url = url.strip()
-    match = _SCHEME.match(url)
-    if match:
-        scheme, rest = match.groups()
-        authority, slash, path = rest.partition("/")
-        userinfo, at, host = authority.rpartition("@")
-        host = re.split(r"[?#]", host, maxsplit=1)[0]
-        path = re.split(r"[?#]", path, maxsplit=1)[0]
-        user = ""
-        if at and scheme.lower() in _SSH_SCHEMES:
-            name = userinfo.partition(":")[0]
-            user = f"{name}@" if name else ""
-        return f"{scheme}://{user}{host}{slash}{path}"
-    prefix = url.partition("/")[0]
-    if "@" in prefix:  # scp-like [user[:password]@]host:path
-        userinfo, _, rest = prefix.rpartition("@")
-        name = userinfo.partition(":")[0]
-        tail = url[len(prefix) :]
-        return f"{name}@{rest}{tail}" if name else f"{rest}{tail}"
-    return url
-
-
-_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
-_SECRET_WORDS = {
-    "auth",
-    "credential",
-    "credentials",
-    "key",
-    "apikey",
-    "passwd",
-    "password",
-    "pwd",
-    "secret",
-    "token",
-}
-
-
-def _secret_name(name: str) -> bool:
-    words = re.split(r"[^a-z0-9]+", name.lower().lstrip("-"))
-    return any(w in _SECRET_WORDS or w.endswith(("token", "secret", "password")) for w in words)
+scrub_url = _secrets.strip_url_credentials
 
 
 def redact_command(argv: Sequence[str]) -> list[str]:
@@ -136,14 +82,14 @@ def redact_command(argv: Sequence[str]) -> list[str]:
             hide_next = False
             continue
         name, eq, _ = arg.partition("=")
-        if (arg.startswith("-") or eq) and name and _secret_name(name):
+        if (arg.startswith("-") or eq) and name and _secrets.secret_name(name, any_key=True):
             if eq:
                 out.append(f"{name}={_REDACTED}")
             else:
                 out.append(arg)
                 hide_next = True  # `--token VALUE`
             continue
-        out.append(_URL_USERINFO.sub(r"\1", arg))
+        out.append(_secrets.strip_userinfo(arg))
     return out
 
 

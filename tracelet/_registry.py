@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tracelet import _secrets
 from tracelet.errors import BackendNotFoundError, BackendNotInstalledError, ConfigError
 from tracelet.export import ExporterOptions, TelemetryBackend, TrackerExporter
 
@@ -137,7 +138,9 @@ def route_config(
     for key, value in (config or {}).items():
         if key in classes:
             if not isinstance(value, Mapping):
-                raise ConfigError(f"config[{key!r}] must be a dict of {key} options, not {value!r}")
+                raise ConfigError(
+                    f"config[{key!r}] must be a dict of {key} options, not {type(value).__name__}"
+                )
             shares[key].update(value)
             continue
         takers = [name for name, cls in classes.items() if key in cls.options.model_fields]
@@ -162,5 +165,31 @@ def build_options(
         try:
             options[name] = cls.options(**shares[name])
         except ValidationError as exc:
-            raise ConfigError(f"invalid config for backend {name!r}: {exc}") from exc
+            raise ConfigError(_describe(name, cls, exc)) from None
     return options
+
+
+def _describe(name: str, cls: BackendClass, exc: ValidationError) -> str:
+    """What is wrong with a backend's options, never echoing a secret.
+
+    pydantic's own message quotes every bad value (``input_value='...'``),
+    which for ``api_key`` or ``headers`` is the secret itself. Here a value is
+    quoted only when neither its option's name nor its type says secret, and
+    known secrets are masked in it; the exception is raised ``from None`` so
+    the pydantic error (and its values) is not chained into the traceback.
+    """
+    fields = cls.options.model_fields
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        option = ".".join([name, *loc])
+        field = fields.get(loc[0]) if loc else None
+        secret = any(_secrets.secret_option(part) for part in loc) or (
+            field is not None and "Secret" in repr(field.annotation)
+        )
+        text = f"{option}: {error['msg']}"
+        if not secret and "input" in error and error["type"] != "missing":
+            shown = _secrets.redact(repr(error["input"]))
+            text += f" (got {shown[:200]})"
+        problems.append(text)
+    return f"invalid config for backend {name!r}: " + "; ".join(problems)

@@ -329,7 +329,7 @@ class Run:
                     self.sampler.stop()
                 except Exception as exc:
                     _log.warning("tracelet: stopping the system sampler failed: %r", exc)
-            self.history.close()
+            self.history.close(deadline)  # a refusing disk is retried until the deadline
             for delivery in self.deliveries:
                 delivery.finish(status, deadline)
             for delivery in self.deliveries:
@@ -348,7 +348,8 @@ class Run:
         return self.report
 
     def _make_report(self, status: RunStatus) -> RunReport:
-        points = self.history.points
+        # Every point the run accepted, journaled or not: a lost one is undelivered.
+        points = self.history.points + self.history.lost
         backends = [
             BackendReport(
                 backend=d.backend,
@@ -384,18 +385,36 @@ class Run:
             self._run_lock.release()
 
     def _log_report(self, report: RunReport) -> None:
+        history = self.history
+        lost = (
+            f"; {history.lost} points could not be written to the journal "
+            f"({history.error!r}) and are lost"
+            if history.lost
+            else ""
+        )
         for b in report.backends:
             if b.undelivered or not b.closed:
+                if history.deleted:
+                    where = (
+                        f"; the run directory {report.run_dir} was deleted during the run, "
+                        "so the rest is lost (nothing is left for tracelet sync)"
+                    )
+                elif b.undelivered > history.lost or not b.closed:
+                    where = (
+                        f"; the rest is kept in {report.run_dir}; deliver it with: "
+                        f"tracelet sync {report.run_dir}"
+                    )
+                else:
+                    where = ""
                 _log.error(
-                    "tracelet: run %s: backend %r received %d of %d points%s; the rest is kept "
-                    "in %s; deliver it with: tracelet sync %s",
+                    "tracelet: run %s: backend %r received %d of %d points%s%s%s",
                     report.run_id,
                     b.backend,
                     b.delivered,
                     report.points,
                     f" (last error: {b.error})" if b.error else "",
-                    report.run_dir,
-                    report.run_dir,
+                    lost,
+                    where,
                 )
             else:
                 _log.info(

@@ -6,11 +6,15 @@ Secrets reach a process three ways: the environment (``WANDB_API_KEY``,
 fields of an exporter's options), and URLs that carry credentials
 (``https://user:token@host``, a git remote with a token). tracelet
 
+- judges every name (param, tag, span attribute, option, environment
+  variable, command-line flag) by one rule, `secret_name`;
 - never persists a ``SecretStr`` option, nor an option whose name says it is
   one (`public_options`);
+- stores the string under a secret-looking param, tag or attribute key as
+  ``***`` (`mask_secret_keys`; `set_unmasked_keys` keeps chosen keys);
 - replaces a known secret found in a param, tag, saved state or log line by
   ``***`` (`redact`, `scrub`), and the password part of a URL likewise
-  (`redact_url`);
+  (`redact_url`; `strip_url_credentials` for a remote URL recorded whole);
 - filters every record of the ``tracelet`` loggers through `RedactingFilter`.
 """
 
@@ -20,7 +24,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -31,30 +35,48 @@ __all__ = [
     "RedactingFilter",
     "install_log_filter",
     "known_secrets",
+    "mask_secret_keys",
     "public_options",
     "redact",
     "redact_url",
     "register",
     "register_from",
     "scrub",
+    "secret_name",
+    "secret_option",
+    "set_unmasked_keys",
+    "strip_url_credentials",
+    "strip_userinfo",
 ]
 
 MASK = "***"
 
-#: Environment variable names whose values are secrets.
-SECRET_ENV = re.compile(
-    r"(^|_)(API_?KEY|ACCESS_?KEY|SECRET(_?KEY)?|TOKEN|PASSWORD|PASSWD|PRIVATE_?KEY|"
-    r"CREDENTIALS?|AUTH_?HEADER)($|_)",
-    re.IGNORECASE,
+_log = logging.getLogger("tracelet")
+
+#: Words that make a name secret wherever they stand in it (``db_password``,
+#: ``HF_TOKEN``, ``--secret-file``, ``apiKey``), also as the end of a word
+#: (``hftoken``, ``clientsecret``).
+SECRET_WORDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "token",
+        "apikey",
+        "credential",
+        "credentials",
+        "authorization",
+        "passphrase",
+    }
 )
+#: Word pairs that make a name secret wherever they stand (``aws_secret_access_key_id``).
+_SECRET_PAIRS = frozenset(
+    {("api", "key"), ("access", "key"), ("private", "key"), ("auth", "header")}
+)
+_WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 #: Environment variables of ``key=value,...`` pairs whose values are secrets (OTel headers).
 HEADER_ENV = re.compile(r"^OTEL_EXPORTER_OTLP(_[A-Z]+)?_HEADERS$")
-#: Option names that hold secrets even when not typed ``SecretStr``.
-SECRET_OPTION = re.compile(
-    r"(^|_)(api_?key|access_?key|secret(_?key)?|token|password|passwd|private_?key|"
-    r"credentials?|headers?)($|_)",
-    re.IGNORECASE,
-)
 #: Shortest value treated as a secret (shorter ones would mask ordinary words).
 MIN_LEN = 6
 
@@ -66,6 +88,71 @@ _URL_QUERY_SECRET = re.compile(
 
 _lock = threading.Lock()
 _registered: set[str] = set()
+_unmasked: frozenset[str] = frozenset()
+_warned: set[str] = set()
+
+
+def _words(name: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(name)]
+
+
+def secret_name(name: str, *, any_key: bool = False) -> bool:
+    """True when `name` (a param, tag, option, variable or flag) says its value is a secret.
+
+    One rule for every name tracelet judges: a word of `SECRET_WORDS`, or a
+    word ending in one (``hftoken``); ``api key``, ``access key``, ``private
+    key`` anywhere; or ``key`` as the last of several words (``ssh_key``,
+    ``secret_key``; the ``*_key`` convention). ``key_frames``, ``keep_prob``,
+    ``max_tokens``, ``monkey`` are not secret. With `any_key` (command-line
+    flags, where masking too much costs nothing) ``key`` and ``auth`` are
+    secret anywhere (``--key X``, ``--auth X``).
+    """
+    words = _words(name)
+    for i, word in enumerate(words):
+        if word in SECRET_WORDS or word.endswith(("token", "secret", "password", "apikey")):
+            return True
+        if i and (words[i - 1], word) in _SECRET_PAIRS:
+            return True
+        if any_key and word in ("key", "auth"):
+            return True
+    return len(words) > 1 and words[-1] == "key"
+
+
+def secret_option(name: str) -> bool:
+    """`secret_name`, and ``headers`` too: an option holding HTTP headers holds credentials."""
+    return secret_name(name) or any(w in ("header", "headers") for w in _words(name))
+
+
+def set_unmasked_keys(keys: Iterable[str]) -> None:
+    """Param and tag keys whose values stay in clear though their names look secret."""
+    global _unmasked
+    _unmasked = frozenset(keys)
+
+
+def mask_secret_keys(values: dict[str, Any], what: str) -> dict[str, Any]:
+    """`values` with the string under each secret-looking key masked (`secret_name`).
+
+    Numbers and booleans stay (``token_budget=4096`` is no secret); a masked
+    value is registered, so it is masked wherever else it shows up; each key
+    is warned about once per process, with how to keep it.
+    """
+    for key, value in values.items():
+        if not isinstance(value, str) or not value or value == MASK or not secret_name(key):
+            continue
+        if key in _unmasked:
+            continue
+        register(value)
+        values[key] = MASK
+        if key not in _warned:
+            _warned.add(key)
+            _log.warning(
+                "tracelet: %s %r looks like a secret; its value is stored as %r. To keep it, "
+                "list the key in the unmasked_keys setting (TRACELET_UNMASKED_KEYS)",
+                what,
+                key,
+                MASK,
+            )
+    return values
 
 
 def register(value: str | SecretStr | SecretBytes | None) -> None:
@@ -93,7 +180,7 @@ def _env_secrets(environ: Mapping[str, str]) -> set[str]:
                 found.add(v)
                 # "Bearer abc..." → also the token alone
                 found.update(part for part in v.split() if len(part) >= MIN_LEN)
-        elif SECRET_ENV.search(name):
+        elif secret_name(name):
             found.add(value)
     return {s for s in found if len(s) >= MIN_LEN}
 
@@ -104,13 +191,31 @@ def register_from(config: Any) -> None:
         for key, value in config.items():
             if isinstance(value, (SecretStr, SecretBytes)):
                 register(value)
-            elif isinstance(key, str) and SECRET_OPTION.search(key) and isinstance(value, str):
-                register(value)
+            elif isinstance(key, str) and secret_option(key):
+                _register_leaves(value)  # ``headers={"x-auth": "..."}``: every value
             else:
                 register_from(value)
     elif isinstance(config, (list, tuple)):
         for value in config:
             register_from(value)
+
+
+def _register_leaves(value: Any) -> None:
+    if isinstance(value, Mapping):
+        for item in value.values():
+            _register_leaves(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _register_leaves(item)
+    elif isinstance(value, str):
+        register(value)
+        # "Bearer abc..." → also the token alone
+        for part in value.split():
+            register(part)
+        for pair in value.split(","):  # "k=v,k2=v2": OTel headers given as one string
+            register(pair.partition("=")[2].strip())
+    else:
+        register(value if isinstance(value, (SecretStr, SecretBytes)) else None)
 
 
 def known_secrets() -> list[str]:
@@ -119,6 +224,53 @@ def known_secrets() -> list[str]:
         found = set(_registered)
     found |= _env_secrets(os.environ)
     return sorted(found, key=len, reverse=True)
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.S)
+_SSH_SCHEMES = {"ssh", "git+ssh", "ssh+git"}
+_USERINFO_ONLY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
+
+
+def strip_url_credentials(url: str) -> str:
+    """A remote URL without the credentials it may carry.
+
+    - ``https://user:token@host/org/repo.git`` and ``https://token@host/…`` →
+      ``https://host/org/repo.git`` (the whole user part goes: a token is often
+      passed as the user name); a query or fragment is dropped too
+      (``?private_token=…``).
+    - ``ssh://git:pw@host/repo`` → ``ssh://git@host/repo``; scp-like
+      ``git@host:org/repo.git`` is kept (over SSH the user name is no secret,
+      a password is).
+    - Local paths are returned as they are.
+
+    As git does, the user part is what precedes the last ``@`` before the
+    first ``/`` of the address.
+    """
+    url = url.strip()
+    match = _SCHEME.match(url)
+    if match:
+        scheme, rest = match.groups()
+        authority, slash, path = rest.partition("/")
+        userinfo, at, host = authority.rpartition("@")
+        host = re.split(r"[?#]", host, maxsplit=1)[0]
+        path = re.split(r"[?#]", path, maxsplit=1)[0]
+        user = ""
+        if at and scheme.lower() in _SSH_SCHEMES:
+            name = userinfo.partition(":")[0]
+            user = f"{name}@" if name else ""
+        return f"{scheme}://{user}{host}{slash}{path}"
+    prefix = url.partition("/")[0]
+    if "@" in prefix:  # scp-like [user[:password]@]host:path
+        userinfo, _, rest = prefix.rpartition("@")
+        name = userinfo.partition(":")[0]
+        tail = url[len(prefix) :]
+        return f"{name}@{rest}{tail}" if name else f"{rest}{tail}"
+    return url
+
+
+def strip_userinfo(text: str) -> str:
+    """`text` with the user part of every URL in it removed (``https://u:p@h`` → ``https://h``)."""
+    return _USERINFO_ONLY.sub(r"\1", text)
 
 
 def redact_url(url: str) -> str:
@@ -172,7 +324,7 @@ def public_options(options: BaseModel) -> dict[str, Any]:
         if isinstance(value, (SecretStr, SecretBytes)):
             register(value)
             continue
-        if SECRET_OPTION.search(name):
+        if secret_option(name):
             if isinstance(value, str):
                 register(value)
             continue
@@ -185,7 +337,7 @@ def _drop_secret_keys(value: Any) -> Any:
     if isinstance(value, Mapping):
         kept: dict[str, Any] = {}
         for key, item in value.items():
-            if isinstance(key, str) and SECRET_OPTION.search(key):
+            if isinstance(key, str) and secret_option(key):
                 if isinstance(item, str):
                     register(item)
                 continue

@@ -31,6 +31,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import Span, Status, StatusCode, format_span_id, format_trace_id
 
+from tracelet import _secrets
 from tracelet._version import __version__
 
 _log = logging.getLogger("tracelet")
@@ -60,6 +61,24 @@ def span_attribute(value: Any) -> Any:
     except Exception:
         return str(value)
     return item if isinstance(item, _PRIMITIVES) else str(value)
+
+
+def masked_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """Span attributes as OTel holds them, masked as params and tags are.
+
+    A known secret inside a string is replaced by ``***``, and so is a string
+    under a secret-looking key (`tracelet._secrets.mask_secret_keys`).
+    """
+    secrets = _secrets.known_secrets()
+    out: dict[str, Any] = {}
+    for key, value in attributes.items():
+        value = span_attribute(value)
+        if isinstance(value, str):
+            value = _secrets.redact(value, secrets)
+        elif isinstance(value, list) and value and isinstance(value[0], str):
+            value = [_secrets.redact(v, secrets) for v in value]
+        out[key] = value
+    return _secrets.mask_secret_keys(out, "span attribute")
 
 
 class RunTracing:
@@ -94,7 +113,7 @@ class RunTracing:
     def span(self, name: str, attributes: Mapping[str, Any]) -> SpanScope:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a span needs a non-empty name (e.g. 'epoch'), not {name!r}")
-        return SpanScope(self, name, {k: span_attribute(v) for k, v in attributes.items()})
+        return SpanScope(self, name, masked_attributes(attributes))
 
     def _open(self, name: str, attributes: Mapping[str, Any]) -> tuple[Span, object, int]:
         current = trace.get_current_span()

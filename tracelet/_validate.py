@@ -108,7 +108,12 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
     Values stay as they are when JSON can hold them exactly (str, int, float,
     bool, None); anything else (lists, objects) is stored as its ``str()``.
-    A string holding a known secret is stored with the secret masked.
+    A string holding a known secret is stored with the secret masked, and so is
+    a string under a secret-looking key (`tracelet._secrets.secret_name`).
+
+    Raises:
+        TypeError: a name that is not a non-empty string, or a value whose
+            ``str()`` raises (the error names the param).
     """
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a dict, not {type(params).__name__} ({params!r})")
@@ -121,15 +126,16 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(value, Mapping):
             flat.update(flatten(value, full + PARAM_SEP))
         else:
-            flat[full] = param_value(value)
+            flat[full] = param_value(value, full)
     if secrets is not None:
         for key, value in flat.items():
             if isinstance(value, str):
                 flat[key] = _secrets.redact(value, secrets)
+        _secrets.mask_secret_keys(flat, "param")
     return flat
 
 
-def param_value(value: Any) -> Any:
+def param_value(value: Any, name: str = "") -> Any:
     """A param value as JSON holds it: scalars as they are, anything else as ``str()``."""
     if value is None or type(value) in (str, bool, int, float):
         return value
@@ -139,14 +145,25 @@ def param_value(value: Any) -> Any:
     item = getattr(value, "item", None)
     if callable(item):  # numpy scalars, 0-d tensors
         try:
-            return param_value(item())
+            return param_value(item(), name)
         except (ValueError, RuntimeError, TypeError):
             pass
-    return str(value)
+    return as_text(value, f"param {name!r}")
+
+
+def as_text(value: Any, what: str) -> str:
+    """``str(value)``; when that raises, a `TypeError` that names `what` (a param, a tag)."""
+    try:
+        return str(value)
+    except Exception as exc:
+        raise TypeError(
+            f"{what}: its value of type {type(value).__name__} cannot be shown as text "
+            f"(str() raised {type(exc).__name__}: {exc}); pass a str, a number or a bool"
+        ) from exc
 
 
 def tags(values: Mapping[str, Any]) -> dict[str, str]:
-    """Tag values as strings, with known secrets masked."""
+    """Tag values as strings, with known secrets and values under secret-looking keys masked."""
     if not isinstance(values, Mapping):
         raise TypeError(f"tags must be a dict, not {type(values).__name__} ({values!r})")
     secrets = _secrets.known_secrets()
@@ -154,5 +171,6 @@ def tags(values: Mapping[str, Any]) -> dict[str, str]:
     for key, value in values.items():
         if not isinstance(key, str) or not key:
             raise TypeError(f"tag names must be non-empty strings, not {key!r}")
-        out[key] = _secrets.redact(value if isinstance(value, str) else str(value), secrets)
-    return out
+        text = value if isinstance(value, str) else as_text(value, f"tag {key!r}")
+        out[key] = _secrets.redact(text, secrets)
+    return _secrets.mask_secret_keys(out, "tag")

@@ -18,6 +18,11 @@ as usual (``MLFLOW_TRACKING_TOKEN``, ``WANDB_API_KEY``, ...).
 
 Exit status: 0 when every backend has everything, 1 when points are still
 undelivered, 2 for a usage error or a run still owned by a live process.
+
+The journal is checked against the number of points the run recorded in
+``run.json`` when it ended: a journal whose end was cut (a copy interrupted, a
+full disk) or damaged holds fewer, and sync then says how many are missing,
+exits 1 and keeps the journal, even though it delivered all that was left.
 """
 
 from __future__ import annotations
@@ -140,7 +145,9 @@ def _sync_locked(
             f"its backends: {', '.join(names)}"
         )
     journal = _FinishedJournal(run_dir / _rundir.JOURNAL_FILE)
-    total = count_points(journal.path) if journal.path.exists() else int(run.get("points") or 0)
+    recorded = int(run.get("points") or 0)  # what the run accepted, set when it ended
+    in_journal = count_points(journal.path) if journal.path.exists() else recorded
+    total = max(in_journal, recorded)
     final = status or RunStatus(run.get("status") or RunStatus.KILLED.value)
     deadline = time.monotonic() + timeout
 
@@ -210,8 +217,17 @@ def _sync_locked(
             delivery.backend, total, before, delivery.delivered, delivery.closed, error
         )
     ordered = [results[n] for n in names if n in results]
+    if in_journal < recorded:
+        _log.error(
+            "tracelet: the journal %s holds %d points, the run recorded %d: %d are missing "
+            "(its end was cut or a frame is damaged); the journal is kept",
+            journal.path,
+            in_journal,
+            recorded,
+            recorded - in_journal,
+        )
     if not dry_run:
-        complete = all(finished(state_of(n)) for n in trackers)
+        complete = in_journal >= recorded and all(finished(state_of(n)) for n in trackers)
         _rundir.update_run(run_dir, status=final.value, complete=complete, synced=time.time())
         if complete and not keep_journal:
             journal.path.unlink(missing_ok=True)
@@ -283,7 +299,14 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             print("complete" + (": the journal was removed" if gone else ""))
         elif not args.dry_run:
             worst = max(worst, EXIT_UNDELIVERED)
-            print(f"incomplete: run `tracelet sync {run_dir}` again when the backend is back")
+            delivered = max((r.delivered for r in results), default=0)
+            if results and all(r.closed and r.delivered == delivered for r in results):
+                print(  # everything the journal holds went out: the rest is not in it
+                    f"incomplete: {total - delivered} points are missing from the journal "
+                    "(its end was cut or damaged); it is kept"
+                )
+            else:
+                print(f"incomplete: run `tracelet sync {run_dir}` again when the backend is back")
         elif results:
             worst = max(worst, EXIT_UNDELIVERED)
     return worst

@@ -84,6 +84,7 @@ def start_logging(
     options = _registry.build_options(classes, {**resolved.config, **(config or {})})
     for source in (resolved.config, config):  # masked wherever they might show up
         _secrets.register_from(source)
+    _secrets.set_unmasked_keys(resolved.unmasked_keys)
 
     with _experiment.slot_lock:
         _experiment.end_active(RunStatus.FINISHED)

@@ -66,12 +66,19 @@ class TraceletSettings(BaseSettings):
         default=False,
         description="Keep the run's journal after every backend received every point.",
     )
+    unmasked_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Param, tag and span-attribute keys kept in clear though their names look "
+            'secret (e.g. ["sort_key"], or "sort_key,model/api_version_key").'
+        ),
+    )
     handle_signals: bool = Field(
         default=True,
         description="On SIGTERM, end the run (KILLED) before the process terminates.",
     )
 
-    @field_validator("backend", mode="before")
+    @field_validator("backend", "unmasked_keys", mode="before")
     @classmethod
     def _split_backends(cls, value: Any) -> Any:
         if isinstance(value, str):

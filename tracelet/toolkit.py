@@ -9,6 +9,8 @@ without breaking them:
 - `line_start`: where the line holding a byte offset starts, reading
   backwards (a resume mark inside a JSON-lines file; the end of the last
   complete line of a journal).
+- `redact_command`: a command line with secret-looking values replaced by
+  ``***`` (for a tracker SDK that would record ``sys.argv``).
 - `iter_wandb_history`: the history rows of a W&B ``.wandb`` file from a byte
   offset on (what a resumed W&B run already holds).
 """
@@ -17,10 +19,11 @@ from __future__ import annotations
 
 from typing import IO
 
+from tracelet._provenance import redact_command
 from tracelet._readback import iter_wandb_history
 from tracelet._secrets import redact_url
 
-__all__ = ["iter_wandb_history", "line_start", "redact_url"]
+__all__ = ["iter_wandb_history", "line_start", "redact_command", "redact_url"]
 
 
 def line_start(f: IO[bytes], offset: int, chunk: int = 1 << 16) -> int:
