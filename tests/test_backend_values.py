@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 import tracelet
-from tests._reliability import QUIET
+from tests._helpers import QUIET
 from tests._trackers import read_back, wandb_written
 
 NAME = "损失/épsilon"  # letters of other scripts: MLflow's names allow any \w

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 import tracelet
+from tests._helpers import QUIET
 from tests._otlp_receiver import OTLPReceiver
-from tests._reliability import QUIET
 from tests._trackers import read_back, wandb_written
 from tracelet import ConfigError, _secrets
 

@@ -22,7 +22,8 @@ import pytest
 
 import tracelet
 import tracelet._history
-from tests._reliability import QUIET, assert_exactly_once, mlflow_history, mlflow_run
+from tests._helpers import QUIET
+from tests._reliability import assert_exactly_once, mlflow_history, mlflow_run
 from tracelet.testing import InMemoryExporter
 
 
@@ -101,7 +102,7 @@ def test_disk_full_at_stop_keeps_points_until_space_returns(
         # Once the run is closing and its writes have been refused ten more
         # times (a few seconds of retries), a cleanup frees the disk, well
         # within close_timeout.
-        poll(lambda: exp._closed)
+        poll(lambda: not exp.active)
         seen = history.write_errors
         poll(lambda: history.write_errors >= seen + 10, timeout=30)
         filler.unlink()

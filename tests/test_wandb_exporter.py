@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import tracelet
+from tests._helpers import QUIET
 from tests._trackers import state_of, wandb_written
 from tracelet.testing import WandbRun, read_wandb_run
 
@@ -80,7 +81,7 @@ def test_every_row_is_committed_at_the_next_wandb_step() -> None:
 
 
 def test_points_keep_their_wall_clock_time() -> None:
-    exp = tracelet.start_logging(exp_name="t", project="p", backend="wandb")
+    exp = tracelet.start_logging(exp_name="t", project="p", backend="wandb", settings=QUIET)
     exp.log_metric("loss", 1.0, iteration=0)
     queued = exp._history.queue[-1]  # (name, value, step, time_ns) as log_metric recorded it
     tracelet.stop_logging()
