@@ -47,7 +47,7 @@ class StoredTail:
         self._backend = backend
         if self._left:
             _log.info(
-                "tracelet: resumed %s run holds %d points past the durable cursor; "
+                "resumed %s run holds %d points past the durable cursor; "
                 "they are skipped when replayed",
                 backend,
                 len(self),
@@ -70,10 +70,10 @@ class StoredTail:
                 del self._left[entry]
             self.skipped = n = self.skipped + 1
             if not self._left:
-                _log.info("tracelet: resumed %s run: skipped %d points", self._backend, n)
+                _log.info("resumed %s run: skipped %d points", self._backend, n)
             return True
         _log.info(
-            "tracelet: resumed %s run: %d points were already stored and skipped; "
+            "resumed %s run: %d points were already stored and skipped; "
             "%r at step %d is new, and so is everything after it (%d stored entries unmatched)",
             self._backend,
             self.skipped,

@@ -96,7 +96,7 @@ class NameMapper:
             mapped = self._names.claim(name, wanted)
             if mapped != name:
                 _log.warning(
-                    "tracelet: %s cannot store the name %r; it is stored as %r",
+                    "%s cannot store the name %r; it is stored as %r",
                     self._backend,
                     name,
                     mapped,
@@ -109,7 +109,7 @@ def truncate(backend: str, kind: str, key: str, value: Any, limit: int) -> str:
     text = value if isinstance(value, str) else str(value)
     if len(text) > limit:
         _log.warning(
-            "tracelet: %s %s %r is %d characters; %s keeps the first %d",
+            "%s %s %r is %d characters; %s keeps the first %d",
             backend,
             kind,
             key,
@@ -140,7 +140,7 @@ def tag_labels(backend: str, tags: dict[str, str], max_len: int | None = None) -
         label = f"{key}:{value}" if value != "" else key
         if max_len is not None and len(label) > max_len:
             _log.warning(
-                "tracelet: %s tag %r is %d characters; %s keeps the first %d",
+                "%s tag %r is %d characters; %s keeps the first %d",
                 backend,
                 label,
                 len(label),

@@ -68,7 +68,7 @@ class KeyMapper:
             key = self._keys.claim(name, wandb_key(name))
             if key != name:
                 _log.warning(
-                    "tracelet: W&B cannot keep the key %r apart; metric %r is stored as %r",
+                    "W&B cannot keep the key %r apart; metric %r is stored as %r",
                     name,
                     name,
                     key,

@@ -124,14 +124,14 @@ class ClearMLExporter(TrackerExporter):
         try:
             stored = stored_events(run.resume or {})
         except Exception as exc:  # never fail the start for it: at worst, a point twice
-            _log.warning("tracelet: could not read what ClearML stored before: %r", exc)
+            _log.warning("could not read what ClearML stored before: %r", exc)
             stored = []
         self._tags = TagLabels("ClearML", cfg.tags)
         current: Task | None = Task.current_task()
         self._owned = current is None or bool(previous)
         if current is not None and not previous:
             # ClearML allows one task per process: log into the one the code opened.
-            _log.info("tracelet: logging into ClearML task %s, opened by this process", current.id)
+            _log.info("logging into ClearML task %s, opened by this process", current.id)
             self._task = current
             self._tags.base = [*(current.get_tags() or []), *self._tags.base]
             current.set_tags(self._tags.labels)
@@ -225,7 +225,7 @@ class ClearMLExporter(TrackerExporter):
         pair = self._names.claim(name, wanted)
         if pair != wanted:
             _log.warning(
-                "tracelet: ClearML title %r, series %r already holds another metric; "
+                "ClearML title %r, series %r already holds another metric; "
                 "metric %r is stored as series %r",
                 wanted[0],
                 wanted[1],
@@ -239,7 +239,7 @@ class ClearMLExporter(TrackerExporter):
             return
         self._nan_seen.add(name)
         msg = (
-            f"tracelet: {name!r} is NaN at step {step}; ClearML cannot store NaN, so NaN points "
+            f"{name!r} is NaN at step {step}; ClearML cannot store NaN, so NaN points "
             "of this metric are left out of its plot (config nan_value=<float> reports them "
             "as that number instead)"
         )
@@ -318,7 +318,7 @@ def stored_events(previous: dict[str, Any]) -> list[Entry]:
         whole = data.rfind(b"\n") + 1
         if whole < len(data):
             _log.warning(
-                "tracelet: %s ends in a torn line (%d bytes); cut off, its events are sent again",
+                "%s ends in a torn line (%d bytes); cut off, its events are sent again",
                 path,
                 len(data) - whole,
             )
@@ -328,7 +328,7 @@ def stored_events(previous: dict[str, Any]) -> list[Entry]:
         try:
             events = json.loads(line)
         except ValueError:
-            _log.warning("tracelet: %s holds a line that is not JSON; skipped", path)
+            _log.warning("%s holds a line that is not JSON; skipped", path)
             continue
         for event in events:
             if event.get("type") == "training_stats_scalar":
@@ -358,7 +358,7 @@ def _stop_following_forks() -> None:
 
         PatchOsFork.patch_fork(None)  # type: ignore[arg-type]  # None (ClearML's own check) unpatches
     except Exception as exc:  # a ClearML without that hook: nothing to undo
-        _log.debug("tracelet: could not stop ClearML following forks: %r", exc)
+        _log.debug("could not stop ClearML following forks: %r", exc)
 
 
 def _report_from_threads(task_cls: Any) -> None:
@@ -380,7 +380,7 @@ def _report_from_threads(task_cls: Any) -> None:
         task_cls._report_subprocess_enabled = False
     elif explicit:
         _log.warning(
-            "tracelet: clearml.conf sets sdk.development.report_use_subprocess=true; "
+            "clearml.conf sets sdk.development.report_use_subprocess=true; "
             "ClearML will report from a forked subprocess (slower, and its close() has "
             "been seen to hang)"
         )

@@ -259,13 +259,13 @@ class _Collector:
         reason = code.group(1) if code else sdk_message[:120]
         if reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED") or "onnect" in reason:
             _log.warning(
-                "tracelet: no OTLP collector answers at %s; telemetry for this run is dropped "
+                "no OTLP collector answers at %s; telemetry for this run is dropped "
                 "while none does (the trackers still get every point)",
                 endpoint,
             )
         else:
             _log.warning(
-                "tracelet: the OTLP collector at %s refused this run's %s (%s); telemetry "
+                "the OTLP collector at %s refused this run's %s (%s); telemetry "
                 "for this run is dropped while it does (the trackers still get every point)",
                 endpoint,
                 signal,
@@ -278,7 +278,7 @@ class _Collector:
             again = ok and not self.answering and self.reported
             self.answering = ok
         if again:
-            _log.info("tracelet: the OTLP collector at %s answers again", endpoint)
+            _log.info("the OTLP collector at %s answers again", endpoint)
 
 
 _quiet = threading.local()

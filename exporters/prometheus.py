@@ -121,7 +121,7 @@ class PrometheusBackend(TelemetryBackend):
             self._server, self._thread = start_http_server(port, addr=host, registry=registry)
         except OSError as exc:
             _log.error(
-                "tracelet: the prometheus backend cannot listen on %s:%d (%s); run %s has no "
+                "the prometheus backend cannot listen on %s:%d (%s); run %s has no "
                 "scrape endpoint. Set config={'prometheus': {'port': ...}} or "
                 "OTEL_EXPORTER_PROMETHEUS_PORT to a free port.",
                 host,
@@ -135,7 +135,7 @@ class PrometheusBackend(TelemetryBackend):
         reader = PrometheusMetricReader(
             registry=registry, resource_attribute_filter=labels.__contains__
         )
-        _log.info("tracelet: run %s metrics at %s", context.run.run_id, self.url)
+        _log.info("run %s metrics at %s", context.run.run_id, self.url)
         return [reader]
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:

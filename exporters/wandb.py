@@ -234,7 +234,7 @@ def _private_meta(settings: dict[str, Any] | None) -> dict[str, Any]:
     if redact_command(argv) != argv:
         chosen["x_disable_meta"] = True
         _log.warning(
-            "tracelet: the command line holds secret-looking values; W&B's run metadata "
+            "the command line holds secret-looking values; W&B's run metadata "
             "(command line, host, git) is not recorded for this run. Pass "
             "config={'wandb': {'settings': {'x_disable_meta': False}}} to record it anyway"
         )

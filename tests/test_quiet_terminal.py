@@ -56,3 +56,41 @@ def test_a_level_the_user_set_is_kept(tmp_path: Path) -> None:
     proc = run(tmp_path, "explicit")
     assert proc.returncode == 0, proc.stderr
     assert "Creating initial MLflow database tables" in proc.stderr, proc.stderr
+
+
+FAILING = """
+import logging, sys
+if sys.argv[1:] == ["configured"]:  # the application's own logging format names the logger
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+import tracelet
+from tracelet import TraceletSettings
+settings = TraceletSettings(
+    track_system=False, track_git=False, track_env=False, close_timeout=3.0
+)
+# Nothing listens on port 9: every request fails with a long urllib3 error.
+uri = {"tracking_uri": "http://127.0.0.1:9", "http_max_retries": 0, "http_timeout": 1}
+with tracelet.start_logging("down", "p", backend="mlflow", config=uri, settings=settings) as exp:
+    exp.log_metric("loss", 1.0, iteration=0)
+"""
+
+
+def test_a_failing_backend_says_so_in_short_lines_that_name_tracelet_once(
+    tmp_path: Path,
+) -> None:
+    for mode, prefix in (("bare", "tracelet: "), ("configured", "WARNING tracelet")):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACELET_", "MLFLOW_"))}
+        done = subprocess.run(
+            [sys.executable, "-c", FAILING, mode],
+            cwd=tmp_path,
+            env={**env, "MLFLOW_DISABLE_TELEMETRY": "true"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        lines = [line for line in done.stderr.splitlines() if "tracelet" in line]
+        failed = [line for line in lines if "failed to start" in line]
+        assert len(failed) == 1, done.stderr
+        assert failed[0].startswith(prefix), failed
+        for line in lines:
+            assert "tracelet: tracelet:" not in line, line  # the logger name says it once
+        assert max(len(line) for line in failed) < 400, failed  # the error in a line, not a repr

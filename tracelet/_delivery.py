@@ -43,6 +43,7 @@ from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 
 from tracelet import _secrets
 from tracelet._journal import read_batches
+from tracelet._logs import brief
 from tracelet._rundir import save_json
 from tracelet.export import ExportResult, RunInfo, RunStatus, TrackerExporter
 
@@ -138,7 +139,7 @@ class Delivery:
             self._loop()
         except BaseException as exc:  # a bug here must be reported, not kill the run silently
             self.error = exc
-            _log.exception("tracelet: delivery to %r stopped: %r", self.backend, exc)
+            _log.exception("delivery to %r stopped: %r", self.backend, exc)
         finally:
             otel_context.detach(token)
             self._journal.close()
@@ -236,20 +237,21 @@ class Delivery:
                 self.failures += 1
                 if self.error is None:
                     _log.warning(
-                        "tracelet: backend %r failed to %s: %r; retrying with backoff, "
+                        "backend %r failed to %s (%s); retrying with backoff, "
                         "every point stays in %s",
                         self.backend,
                         what,
-                        exc,
+                        brief(exc),
                         self.history.path,
                     )
+                    _log.debug("backend %r: %s failed", self.backend, what, exc_info=exc)
                 else:
-                    _log.debug("tracelet: backend %r failed again: %r", self.backend, exc)
+                    _log.debug("backend %r failed again: %r", self.backend, exc)
                 self.error = exc
             else:
                 if self.error is not None:
                     _log.warning(
-                        "tracelet: backend %r recovered (%s) after %d failures",
+                        "backend %r recovered (%s) after %d failures",
                         self.backend,
                         what,
                         self.failures,
@@ -284,10 +286,10 @@ class Delivery:
         except OSError as exc:
             if not self._save_failed:
                 _log.warning(
-                    "tracelet: cannot save the %r cursor in %s: %r; delivery goes on",
+                    "cannot save the %r cursor in %s (%s); delivery goes on",
                     self.backend,
                     self.state_path,
-                    exc,
+                    brief(exc),
                 )
             self._save_failed = True
         else:

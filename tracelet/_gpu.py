@@ -143,25 +143,25 @@ class NvmlDevices:
         try:
             import pynvml
         except ImportError:
-            _log.debug("tracelet: no GPU series: nvidia-ml-py is not installed")
+            _log.debug("no GPU series: nvidia-ml-py is not installed")
             return None
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as exc:
-            _log.debug("tracelet: no GPU series: NVML is not available (%s)", exc)
+            _log.debug("no GPU series: NVML is not available (%s)", exc)
             return None
         try:
             count = pynvml.nvmlDeviceGetCount()
             handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
         except pynvml.NVMLError as exc:
-            _log.debug("tracelet: no GPU series: NVML cannot list the devices (%s)", exc)
+            _log.debug("no GPU series: NVML cannot list the devices (%s)", exc)
             pynvml.nvmlShutdown()
             return None
         if not handles:
-            _log.debug("tracelet: no GPU series: NVML sees no device")
+            _log.debug("no GPU series: NVML sees no device")
             pynvml.nvmlShutdown()
             return None
-        _log.debug("tracelet: sampling %d GPU(s) through NVML", len(handles))
+        _log.debug("sampling %d GPU(s) through NVML", len(handles))
         return cls(pynvml, handles)
 
     @property
@@ -208,7 +208,7 @@ class NvmlDevices:
         try:
             self._nvml.nvmlShutdown()
         except Exception as exc:  # already shut down, driver gone: nothing left to release
-            _log.debug("tracelet: NVML shutdown: %r", exc)
+            _log.debug("NVML shutdown: %r", exc)
 
     def _try(self, index: int, what: str, call: Callable[..., Any], *args: Any) -> Any:
         """``call(*args)``, or ``None`` when NVML refuses (e.g. NOT_SUPPORTED on this GPU)."""
@@ -217,6 +217,6 @@ class NvmlDevices:
         except Exception as exc:
             if (index, what) not in self._failed:
                 self._failed.add((index, what))
-                _log.debug("tracelet: GPU %d gives no %s: %s", index, what, exc)
+                _log.debug("GPU %d gives no %s: %s", index, what, exc)
             return None
         return value.decode() if isinstance(value, bytes) else value

@@ -133,7 +133,7 @@ class History:
         if self._full_since is None:
             self._full_since = now
             _log.error(
-                "tracelet: the journal %s cannot be written (%r) and %d points fill memory: "
+                "the journal %s cannot be written (%r) and %d points fill memory: "
                 "log_metric waits up to %g s for the disk, then sheds new points (counted)",
                 self.path,
                 self.error,
@@ -150,7 +150,7 @@ class History:
             return True
         if not self.dropped:
             _log.error(
-                "tracelet: the journal %s still cannot be written after %g s; shedding new "
+                "the journal %s still cannot be written after %g s; shedding new "
                 "points (the run report counts them as lost) until the disk accepts writes",
                 self.path,
                 FULL_DISK_WAIT,
@@ -181,7 +181,7 @@ class History:
         self.unwritten = sum(1 for r in self.queue if len(r) == 4)
         if self.queue:
             _log.error(
-                "tracelet: %d points (%d records) could not be written to the journal %s "
+                "%d points (%d records) could not be written to the journal %s "
                 "before the close deadline: %r; they are lost",
                 self.unwritten,
                 len(self.queue),
@@ -190,7 +190,7 @@ class History:
             )
         if self.dropped:
             _log.error(
-                "tracelet: %d points were shed while the journal %s could not be written",
+                "%d points were shed while the journal %s could not be written",
                 self.dropped,
                 self.path,
             )
@@ -228,7 +228,7 @@ class History:
             return
         if self.deleted:
             _log.error(
-                "tracelet: the run directory %s was deleted while the run is active; "
+                "the run directory %s was deleted while the run is active; "
                 "logging and delivery go on from the open journal, but nothing is left on "
                 "disk for `tracelet sync` if a backend does not receive everything",
                 self.path.parent,
@@ -243,7 +243,7 @@ class History:
                 if not self._drain():
                     time.sleep(RETRY_EVERY)  # the disk refused: retry later, records are kept
             except Exception as exc:  # never let the writer die: producers would wait forever
-                _log.exception("tracelet: journal thread error: %r", exc)
+                _log.exception("journal thread error: %r", exc)
                 time.sleep(0.5)
 
     def _drain(self) -> bool:
@@ -265,7 +265,7 @@ class History:
                 self.write_errors += 1
                 if self.error is None:
                     _log.error(
-                        "tracelet: cannot write the journal %s: %r; retrying, "
+                        "cannot write the journal %s: %r; retrying, "
                         "points are held in memory meanwhile",
                         self.path,
                         exc,
@@ -273,7 +273,7 @@ class History:
                 self.error = exc
                 return False
             if self.error is not None:
-                _log.warning("tracelet: the journal %s is writable again", self.path)
+                _log.warning("the journal %s is writable again", self.path)
                 self.error = None
                 self._full_since = None
             points = sum(1 for r in records if len(r) == 4)
@@ -284,7 +284,7 @@ class History:
                     try:
                         self._on_names(new)
                     except Exception as exc:  # telemetry must never stop the journal
-                        _log.warning("tracelet: new-metric callback failed: %r", exc)
+                        _log.warning("new-metric callback failed: %r", exc)
             for _ in range(n):
                 popleft()
             self._held = 0

@@ -94,7 +94,7 @@ def read_batches(
             points += add_frame(batch, line)
         except (ValueError, TypeError, KeyError) as exc:
             _log.error(
-                "tracelet: skipping a damaged journal frame at byte %d of %s: %r",
+                "skipping a damaged journal frame at byte %d of %s: %r",
                 offset,
                 getattr(f, "name", "the journal"),
                 exc,

@@ -101,13 +101,13 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         finally:
             _calling.discard(signum)
         return
-    _log.warning("tracelet: received %s; ending the run", signal.Signals(signum).name)
+    _log.warning("received %s; ending the run", signal.Signals(signum).name)
     ended = True
     if _end_active is not None:
         try:
             ended = _end_active()
         except Exception as exc:  # the process must still terminate
-            _log.error("tracelet: could not end the run on %s: %r", signum, exc)
+            _log.error("could not end the run on %s: %r", signum, exc)
     if not ended:  # this thread was interrupted while ending the run: finish that first
         _deferred = signum
         return
@@ -150,12 +150,12 @@ def _after_fork_in_child() -> None:
         try:
             hook()
         except Exception as exc:  # pragma: no cover - never break the child
-            _log.debug("tracelet: fork hook failed: %r", exc)
+            _log.debug("fork hook failed: %r", exc)
     for run in list(_live):
         try:
             run._forget_in_child()
         except Exception as exc:  # pragma: no cover
-            _log.debug("tracelet: could not detach a run in the child: %r", exc)
+            _log.debug("could not detach a run in the child: %r", exc)
     _live.clear()
 
 

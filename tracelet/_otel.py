@@ -23,6 +23,7 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor
 
+from tracelet._logs import brief
 from tracelet._tracing import RunTracing, SpanScope
 from tracelet._version import __version__
 from tracelet.export import TelemetryBackend, TelemetryContext
@@ -229,11 +230,12 @@ class Telemetry:
                 backend_readers.extend(new_readers)
             except Exception as exc:
                 _log.error(
-                    "tracelet: telemetry backend %r could not start: %r; the run goes on "
+                    "telemetry backend %r could not start (%s); the run goes on "
                     "without it (trackers are not affected)",
                     name,
-                    exc,
+                    brief(exc),
                 )
+                _log.debug("telemetry backend %r could not start", name, exc_info=exc)
                 del self.backends[name]
         self.readers = [
             *readers,
@@ -378,7 +380,7 @@ class Telemetry:
                 if not self._capped:
                     self._capped = True
                     _log.warning(
-                        "tracelet: more than %d metric names; %r and later ones get no OTel "
+                        "more than %d metric names; %r and later ones get no OTel "
                         "gauge (trackers still receive every point)",
                         MAX_GAUGES,
                         name,
@@ -432,13 +434,13 @@ class Telemetry:
                 try:
                     backend.shutdown(timeout_millis=budget)
                 except Exception as exc:
-                    _log.warning("tracelet: telemetry backend %r did not shut down: %r", name, exc)
+                    _log.warning("telemetry backend %r did not shut down: %r", name, exc)
 
     def _abort(self) -> None:
         late = [n for n, b in self.backends.items() if b.flush_timeout_millis and not b.dropping]
         if not self._aborted and late:
             _log.warning(
-                "tracelet: telemetry backend(s) %s did not finish exporting in time; the "
+                "telemetry backend(s) %s did not finish exporting in time; the "
                 "last telemetry of this run is not exported (trackers are not affected)",
                 ", ".join(map(repr, late)),
             )
@@ -447,4 +449,4 @@ class Telemetry:
             try:
                 backend.abort()
             except Exception as exc:
-                _log.debug("tracelet: abort failed: %r", exc)
+                _log.debug("abort failed: %r", exc)

@@ -144,7 +144,7 @@ def capture_git(
                 text=True,
             )
     except OSError as exc:  # no git on PATH, cwd gone
-        _log.debug("tracelet: no git information: %r", exc)
+        _log.debug("no git information: %r", exc)
         for proc in procs.values():
             proc.kill()
             proc.wait()
@@ -157,13 +157,13 @@ def capture_git(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-            _log.debug("tracelet: git %s took over %.1f s; left out", commands[key][0], timeout)
+            _log.debug("git %s took over %.1f s; left out", commands[key][0], timeout)
             out[key] = None
         else:
             out[key] = stdout if proc.returncode == 0 else None
     head = (out["head"] or "").split()
     if len(head) != 2:
-        _log.debug("tracelet: no git information: not in a repository with a commit")
+        _log.debug("no git information: not in a repository with a commit")
         return None
     commit, branch = head
     status = out["status"]
@@ -254,7 +254,7 @@ def capture(*, git: bool, env: bool) -> Provenance:
         try:
             info = capture_git()
         except Exception as exc:  # provenance must never cost the run
-            _log.debug("tracelet: no git information: %r", exc)
+            _log.debug("no git information: %r", exc)
             info = None
         if info is not None:
             tags.update(git_tags(info))
@@ -263,5 +263,5 @@ def capture(*, git: bool, env: bool) -> Provenance:
         try:
             tags.update(env_tags())
         except Exception as exc:
-            _log.debug("tracelet: no environment information: %r", exc)
+            _log.debug("no environment information: %r", exc)
     return Provenance(tags, resource)

@@ -39,6 +39,7 @@ from typing import Any
 from tracelet import _lifecycle, _provenance, _registry, _rundir, _secrets, _validate
 from tracelet._delivery import Delivery
 from tracelet._history import History
+from tracelet._logs import brief
 from tracelet._otel import TRACE_ID_TAG, Telemetry, export_interval_millis, resource_attributes
 from tracelet._system import SystemMetrics
 from tracelet.errors import ExperimentClosedError, ParamConflictError
@@ -287,7 +288,7 @@ class Run:
             if not self._warned_child:
                 self._warned_child = True
                 _log.warning(
-                    "tracelet: process %d is a fork of the process running experiment %r; "
+                    "process %d is a fork of the process running experiment %r; "
                     "what it logs is not recorded (log from the parent process)",
                     os.getpid(),
                     self.name,
@@ -328,7 +329,7 @@ class Run:
                 try:
                     self.sampler.stop()
                 except Exception as exc:
-                    _log.warning("tracelet: stopping the system sampler failed: %r", exc)
+                    _log.warning("stopping the system sampler failed: %r", exc)
             self.history.close(deadline)  # a refusing disk is retried until the deadline
             for delivery in self.deliveries:
                 delivery.finish(status, deadline)
@@ -337,7 +338,7 @@ class Run:
             try:
                 self.telemetry.shutdown(max(1.0, deadline - time.monotonic()) * 1000, status.value)
             except Exception as exc:  # never let telemetry cost the run its report
-                _log.warning("tracelet: OTel shutdown failed: %r", exc)
+                _log.warning("OTel shutdown failed: %r", exc)
             self.report = self._make_report(status)
             self._ender = None
             self._record_end(self.report)
@@ -356,7 +357,7 @@ class Run:
                 delivered=d.delivered,
                 undelivered=points - d.delivered,
                 closed=d.closed,
-                error=None if d.error is None else _secrets.redact(repr(d.error)),
+                error=None if d.error is None else _secrets.redact(brief(d.error)),
             )
             for d in self.deliveries
         ]
@@ -377,7 +378,7 @@ class Run:
                 complete=report.complete,
             )
         except OSError as exc:
-            _log.warning("tracelet: cannot record the end of run %s: %r", self.run_id, exc)
+            _log.warning("cannot record the end of run %s: %r", self.run_id, exc)
         for delivery in self.deliveries:  # one leaving its last backoff at the deadline
             if delivery.alive:
                 delivery.join(0.5)
@@ -388,7 +389,7 @@ class Run:
         history = self.history
         lost = (
             f"; {history.lost} points could not be written to the journal "
-            f"({history.error!r}) and are lost"
+            f"({brief(history.error)}) and are lost"
             if history.lost
             else ""
         )
@@ -407,7 +408,7 @@ class Run:
                 else:
                     where = ""
                 _log.error(
-                    "tracelet: run %s: backend %r received %d of %d points%s%s%s",
+                    "run %s: backend %r received %d of %d points%s%s%s",
                     report.run_id,
                     b.backend,
                     b.delivered,
@@ -418,7 +419,7 @@ class Run:
                 )
             else:
                 _log.info(
-                    "tracelet: run %s: backend %r received all %d points (%s)",
+                    "run %s: backend %r received all %d points (%s)",
                     report.run_id,
                     b.backend,
                     b.delivered,

@@ -146,7 +146,7 @@ def mask_secret_keys(values: dict[str, Any], what: str) -> dict[str, Any]:
         if key not in _warned:
             _warned.add(key)
             _log.warning(
-                "tracelet: %s %r looks like a secret; its value is stored as %r. To keep it, "
+                "%s %r looks like a secret; its value is stored as %r. To keep it, "
                 "list the key in the unmasked_keys setting (TRACELET_UNMASKED_KEYS)",
                 what,
                 key,

@@ -146,7 +146,7 @@ class HostSampler:
             why = "nothing reported"
         if value is None:
             self._off.add(group)
-            _log.debug("tracelet: no %s series in this run: %s", group, why)
+            _log.debug("no %s series in this run: %s", group, why)
         return value
 
 
@@ -206,7 +206,7 @@ class SystemMetrics:
             self._thread.join(timeout)
         if self._thread.is_alive():
             self._abandoned = True
-            _log.warning("tracelet: the system sampler did not stop within %.1f s", timeout)
+            _log.warning("the system sampler did not stop within %.1f s", timeout)
             self._release_otel()
 
     # -- the thread ---------------------------------------------------------------
@@ -231,7 +231,7 @@ class SystemMetrics:
                 tick = max(tick + 1, behind + 1)
             self._timed_sample(host, gpus)  # as the run ends
         except Exception as exc:  # a bug must cost the run its system series only
-            _log.warning("tracelet: system metrics stopped: %r", exc)
+            _log.warning("system metrics stopped: %r", exc)
         finally:
             if gpus is not None:
                 gpus.close()
@@ -243,7 +243,7 @@ class SystemMetrics:
             import psutil
         except ImportError:
             _log.info(
-                "tracelet: track_system needs psutil, which is not installed: this run has no "
+                "track_system needs psutil, which is not installed: this run has no "
                 "host or process series (pip install psutil)"
             )
             return None
@@ -280,7 +280,7 @@ class SystemMetrics:
             from opentelemetry.instrumentation.system_metrics import SystemMetricsInstrumentor
         except ImportError:
             _log.info(
-                "tracelet: opentelemetry-instrumentation-system-metrics is not installed: the "
+                "opentelemetry-instrumentation-system-metrics is not installed: the "
                 "run's OTel side has no host or process metrics"
             )
             return
@@ -289,7 +289,7 @@ class SystemMetrics:
             if current is not None and current.is_instrumented_by_opentelemetry:
                 if _otel_owner is None:
                     _log.info(
-                        "tracelet: the application instrumented system metrics itself; the "
+                        "the application instrumented system metrics itself; the "
                         "run's MeterProvider does not get a second copy"
                     )
                     return

@@ -219,7 +219,7 @@ def _sync_locked(
     ordered = [results[n] for n in names if n in results]
     if in_journal < recorded:
         _log.error(
-            "tracelet: the journal %s holds %d points, the run recorded %d: %d are missing "
+            "the journal %s holds %d points, the run recorded %d: %d are missing "
             "(its end was cut or a frame is damaged); the journal is kept",
             journal.path,
             in_journal,

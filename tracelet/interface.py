@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from tracelet import _experiment, _lifecycle, _registry, _secrets
+from tracelet import _experiment, _lifecycle, _logs, _registry, _secrets
 from tracelet._experiment import Experiment
 from tracelet._run import Run
 from tracelet.export import RunStatus
@@ -94,6 +94,7 @@ def start_logging(
     if resolved.handle_signals:
         _lifecycle.install_signal_handlers(_end_on_signal)
     _secrets.install_log_filter()  # also on "tracelet.*" loggers created since the last run
+    _logs.install_fallback()  # "tracelet: ..." lines where the application configured no logging
     return exp
 
 
