@@ -63,28 +63,20 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Wheel:
     return Wheel(path, proc.stdout + proc.stderr)
 
 
+def venv_with(requirement: str, directory: Path) -> Path:
+    """A fresh venv in `directory` with `requirement` installed; its python."""
+    venv.EnvBuilder(with_pip=True, clear=True).create(directory)
+    python = directory / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    proc = subprocess.run([*pip, requirement], capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return python
+
+
 @pytest.fixture(scope="module")
 def core_python(wheel: Wheel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv holding the wheel and its core dependencies, no extra."""
-    env_dir = tmp_path_factory.mktemp("core-venv")
-    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
-    python = env_dir / "bin" / "python"
-    proc = subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            str(wheel.path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return python
+    return venv_with(str(wheel.path), tmp_path_factory.mktemp("core-venv"))
 
 
 def test_the_wheel_carries_the_license(wheel: Wheel) -> None:
@@ -167,25 +159,7 @@ def test_each_backend_without_its_extra_names_the_install_command(
 @pytest.fixture(scope="module")
 def skinny_python(wheel: Wheel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv holding the wheel with its ``mlflow-skinny`` extra."""
-    env_dir = tmp_path_factory.mktemp("skinny-venv")
-    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
-    python = env_dir / "bin" / "python"
-    proc = subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            f"{wheel.path}[mlflow-skinny]",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return python
+    return venv_with(f"{wheel.path}[mlflow-skinny]", tmp_path_factory.mktemp("skinny-venv"))
 
 
 SKINNY_RUN = """
