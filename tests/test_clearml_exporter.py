@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import tracelet
+from tests._helpers import QUIET
 from tests._trackers import starts_seen, state_of
 from tracelet import TraceletSettings
 from tracelet.exporters._clearml_translate import FLOAT32_MAX
@@ -29,6 +30,7 @@ def test_project_name_type_tags_and_params(tmp_path: Path) -> None:
         project="vision",
         backend="clearml",
         config={"task_type": "testing", "tags": ["pytorch"]},
+        settings=QUIET,
     )
     exp.log_params({"lr": 0.1, "opt": {"name": "adam"}, "amp": False})
     exp.set_tags({"stage": "warmup"})
@@ -50,7 +52,7 @@ def test_project_name_type_tags_and_params(tmp_path: Path) -> None:
 
 
 def test_two_metrics_never_share_a_series(caplog: pytest.LogCaptureFixture) -> None:
-    exp = tracelet.start_logging(exp_name="n", project="p", backend="clearml")
+    exp = tracelet.start_logging(exp_name="n", project="p", backend="clearml", settings=QUIET)
     exp.log_metric("loss", 1.0, iteration=0)
     exp.log_metric("loss/loss", 2.0, iteration=0)
     with caplog.at_level(logging.WARNING, logger="tracelet"):

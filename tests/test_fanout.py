@@ -16,6 +16,7 @@ import pytest
 
 import tracelet
 from tests._faulty import StallingExporter
+from tests._helpers import wait_for
 from tests._trackers import read_back, same_series, starts_seen
 from tracelet import TraceletSettings, _registry
 
@@ -111,25 +112,33 @@ def test_a_backend_that_fails_mid_run_costs_the_others_nothing(
 
     real_log_batch = MlflowClient.log_batch
     real_export = MLflowExporter.export
-    gone = threading.Event()  # the server goes away once the first batch is stored
+    real_flush = MLflowExporter.force_flush
+    exported = threading.Event()  # a batch of points was accepted
+    gone = threading.Event()  # the server goes away once that batch is durable
 
     def log_batch_then_fail(self: Any, *args: Any, **kwargs: Any) -> Any:
         if gone.is_set():
             raise ConnectionError("MLflow server went away")
         return real_log_batch(self, *args, **kwargs)
 
-    def export_then_go_away(self: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
-        # Not "from the second log_batch request on": a batch can take several
-        # requests (1000 metrics each; params and tags apart), and a first
-        # batch may hold no point at all when delivery starts before the loop
-        # logged any. The server goes away once a batch of points landed whole.
+    def export_and_note(self: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
         result = real_export(self, batch, *args, **kwargs)
         if batch.metrics:
+            exported.set()
+        return result
+
+    def flush_then_go_away(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # Once a flush made a batch of points durable (the delivered count
+        # moves past it), every later request fails: mid-run, by construction,
+        # whatever the speed of the machine.
+        result = real_flush(self, *args, **kwargs)
+        if result and exported.is_set():
             gone.set()
         return result
 
     monkeypatch.setattr(MlflowClient, "log_batch", log_batch_then_fail)
-    monkeypatch.setattr(MLflowExporter, "export", export_then_go_away)
+    monkeypatch.setattr(MLflowExporter, "export", export_and_note)
+    monkeypatch.setattr(MLflowExporter, "force_flush", flush_then_go_away)
     with caplog.at_level(logging.WARNING, logger="tracelet"), starts_seen(monkeypatch) as started:
         exp = tracelet.start_logging(
             exp_name="fanout",
@@ -138,7 +147,9 @@ def test_a_backend_that_fails_mid_run_costs_the_others_nothing(
             config={"mlflow": {"tracking_uri": mlflow_uri}},
             settings=settings(close_timeout=CLOSE_TIMEOUT),
         )
-        logged = log_run(exp, 3000)
+        exp.log_metric("warmup", 0.0, iteration=0)
+        wait_for(gone.is_set, 120, "the first point durable in MLflow")
+        logged = {"warmup": [(0, 0.0)], **log_run(exp, 3000)}
         for _ in range(3):
             assert started.acquire(timeout=120)
         report = exp.end()
