@@ -423,7 +423,7 @@ def test_no_collector_says_so_once_and_does_not_wait_on_retries_at_the_end(
     assert lines == [
         (
             "tracelet.exporters.otlp",
-            f"tracelet: no OTLP collector answers at 127.0.0.1:{port}; telemetry for this run "
+            f"no OTLP collector answers at 127.0.0.1:{port}; telemetry for this run "
             "is dropped while none does (the trackers still get every point)",
         )
     ], lines
