@@ -137,6 +137,7 @@ class ClearMLExporter(TrackerExporter):
             current.set_tags(self._tags.labels)
         else:
             resume = previous or cfg.continue_last_task
+            _forget_earlier_exits(Task)
             self._master_env = {k: os.environ.get(k) for k in _MASTER_ENV}
             self._task = Task.init(
                 project_name=run.project,
@@ -276,6 +277,10 @@ class ClearMLExporter(TrackerExporter):
         if not self._owned:
             task.flush(wait_for_uploads=True)
             return
+        # close() writes what the reporter still holds only when ClearML's exit
+        # hook saw no failing exit; a sys.exit(1) the code caught (or the one
+        # ending this run) would cost the last points. So flush first.
+        self.force_flush(timeout_millis)
         # close() marks the task completed (and writes the offline zip); the
         # final status goes on top of it, forced.
         task.close()
@@ -334,6 +339,24 @@ def stored_events(previous: dict[str, Any]) -> list[Entry]:
             if event.get("type") == "training_stats_scalar":
                 entries.append((event_key(event["metric"], event["variant"]), int(event["iter"])))
     return entries
+
+
+def _forget_earlier_exits(task_cls: Any) -> None:
+    """Clear what ClearML's exit hook recorded before this task: it is not this task's end.
+
+    The first ``Task.init`` of a process replaces ``sys.exit`` for good, and the
+    hook (one per process, kept after ``close()``) remembers the last exit code,
+    exception and signal. A ``sys.exit(1)`` caught before this task opened
+    (argparse, click, a test) made the next task's ``close()`` take the failed
+    path: it marked the task failed and dropped the reporter's unwritten events.
+    """
+    hook = getattr(task_cls, "_Task__exit_hook", None)
+    if hook is None:
+        return
+    try:
+        hook.exit_code = hook.exception = hook.signal = None
+    except Exception as exc:  # a ClearML without those attributes: nothing to clear
+        _log.debug("could not clear ClearML's earlier exit: %r", exc)
 
 
 def _events_waiting(task: Any) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def test_project_name_type_tags_and_params(tmp_path: Path) -> None:
         project="vision",
         backend="clearml",
         config={"task_type": "testing", "tags": ["pytorch"]},
-        settings=QUIET,
+        settings=QUIET,  # no system samples: the scalars compared are the test's own
     )
     exp.log_params({"lr": 0.1, "opt": {"name": "adam"}, "amp": False})
     exp.set_tags({"stage": "warmup"})
@@ -249,3 +250,51 @@ def test_a_stub_task_is_an_error_that_says_why(monkeypatch: pytest.MonkeyPatch) 
     (report,) = exp.end().backends
     assert not report.closed
     assert "CLEARML_PROC_MASTER_ID='1:'" in (report.error or "")
+
+
+def _points(n: int) -> list[Any]:
+    from tracelet.export import MetricPoint
+
+    return [MetricPoint("loss", float(step), step, 10**18 + step) for step in range(n)]
+
+
+def test_an_exit_caught_before_the_task_opened_costs_it_no_points() -> None:
+    """ClearML's exit hook outlives a task; an exit caught after one must not end the next.
+
+    The first ``Task.init`` replaces ``sys.exit`` for the whole process, and the
+    hook keeps the last exit code. A ``sys.exit(1)`` caught later (argparse,
+    click, a test) made the next task's ``close()`` take ClearML's failed path:
+    it dropped the events its reporter had not written yet.
+    """
+    from tracelet.export import Batch, RunInfo
+    from tracelet.exporters.clearml import ClearMLExporter
+
+    first = ClearMLExporter()
+    first.start(RunInfo(run_id="first0001", project="p", name="first"))
+    first.shutdown()
+    with pytest.raises(SystemExit):
+        sys.exit(1)
+    exporter = ClearMLExporter()
+    state = exporter.start(RunInfo(run_id="second001", project="p", name="second"))
+    exporter.export(Batch(metrics=_points(200)))
+    exporter.shutdown()  # no force_flush first: shutdown alone stores what was exported
+    stored = read_clearml_session(state["offline_folder"]).scalars[("loss", "loss")]
+    assert stored == [(step, float(step)) for step in range(200)]
+
+
+def test_a_task_ended_while_sys_exit_1_unwinds_keeps_its_last_points() -> None:
+    """The run ends FAILED by ``sys.exit(1)``: ClearML's hook saw it, the points still land."""
+    from tracelet.export import Batch, RunInfo, RunStatus
+    from tracelet.exporters.clearml import ClearMLExporter
+
+    exporter = ClearMLExporter()
+    state = exporter.start(RunInfo(run_id="exiting01", project="p", name="exiting"))
+    exporter.export(Batch(metrics=_points(200)))
+    with pytest.raises(SystemExit):
+        try:
+            sys.exit(1)
+        finally:  # tracelet's `with` ends the run as the exit unwinds
+            exporter.shutdown(status=RunStatus.FAILED)
+    session = read_clearml_session(state["offline_folder"])
+    assert session.scalars[("loss", "loss")] == [(step, float(step)) for step in range(200)]
+    assert session.properties["tracelet_status"] == "FAILED"
