@@ -12,7 +12,7 @@ step() { printf '\n== %s\n' "$*"; }
 step "system packages the end-to-end tests need"
 scripts/install-system-deps.sh
 
-step "lint and format (ruff), types (mypy --strict on tracelet/)"
+step "lint and format (ruff), types (mypy --strict on tracelet/ and the exporters)"
 $PY -m ruff check .
 $PY -m ruff format --check .
 $PY -m mypy
