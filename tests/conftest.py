@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 import tracelet
 from tests._helpers import copy_mlflow_store, migrate_mlflow_store
 from tracelet.testing import InMemoryExporter, offline_env
+
+if TYPE_CHECKING:
+    from tests._otlp_receiver import OTLPReceiver
 
 # Offline and quiet for every backend SDK, before any of them is imported.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -92,3 +96,18 @@ def offline_trackers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.setenv(key, "")  # so that monkeypatch restores the original after the test
         monkeypatch.delenv(key)
     return tmp_path
+
+
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[OTLPReceiver]:
+    """A real OTLP receiver (gRPC and HTTP) on 127.0.0.1; no ``OTEL_*`` variable leaks in."""
+    from tests._otlp_receiver import OTLPReceiver
+
+    for key in list(os.environ):
+        if key.startswith("OTEL_"):
+            monkeypatch.delenv(key)
+    r = OTLPReceiver()
+    r.start_grpc()
+    r.start_http()
+    yield r
+    r.stop()

@@ -17,6 +17,7 @@ import sys
 import venv
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,6 +74,21 @@ def venv_with(requirement: str, directory: Path) -> Path:
     return python
 
 
+def run_json(python: Path, code: str, args: list[str], cwd: Path, **env: str) -> Any:
+    """Run `code` in a venv's `python`, no TRACELET_*/PYTHON* leaking in; its last line's JSON."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TRACELET_", "PYTHON"))}
+    proc = subprocess.run(
+        [str(python), "-c", code, *args],
+        cwd=cwd,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
 def core_python(wheel: Wheel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv holding the wheel and its core dependencies, no extra."""
@@ -126,17 +142,7 @@ print(json.dumps(out))
 def test_each_backend_without_its_extra_names_the_install_command(
     core_python: Path, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACELET_", "PYTHON"))}
-    proc = subprocess.run(
-        [str(core_python), "-c", CHECK, *EXTRAS],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.splitlines()[-1])
+    out = run_json(core_python, CHECK, list(EXTRAS), tmp_path)
     for backend, extra in EXTRAS.items():
         kind, message = out[backend]
         assert kind == "BackendNotInstalledError", (backend, kind, message)
@@ -191,18 +197,14 @@ def test_the_mlflow_skinny_extra_logs_every_point(
         uri = request.getfixturevalue("mlflow_server")
     else:
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACELET_", "PYTHON"))}
-    env.update(MLFLOW_DISABLE_TELEMETRY="true", TRACELET_TRACK_SYSTEM="false")
-    proc = subprocess.run(
-        [str(skinny_python), "-c", SKINNY_RUN, uri],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = run_json(
+        skinny_python,
+        SKINNY_RUN,
+        [uri],
+        tmp_path,
+        MLFLOW_DISABLE_TELEMETRY="true",
+        TRACELET_TRACK_SYSTEM="false",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.splitlines()[-1])
     assert out == {
         "report": True,
         "status": "FINISHED",

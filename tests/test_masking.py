@@ -8,10 +8,8 @@ ClearML's offline session, a real OTLP receiver).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +25,6 @@ DB_PASSWORD = "dbpass-7c1e5a9f3b"
 API_TOKEN = "apitok-5e2d8c4b1a90"
 PLAIN_SECRET = "plainsecret-0a9b8c7d"
 SSH_KEY = "sshkey-c0ffee123456"
-
-
-@pytest.fixture
-def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[OTLPReceiver]:
-    for key in list(os.environ):
-        if key.startswith("OTEL_"):
-            monkeypatch.delenv(key)
-    r = OTLPReceiver()
-    r.start_grpc()
-    yield r
-    r.stop()
 
 
 @pytest.mark.parametrize(

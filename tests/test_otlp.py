@@ -20,18 +20,6 @@ from tracelet.exporters.otlp import OTLPOptions, protocol_for, signal_endpoint, 
 from tracelet.testing import InMemoryExporter
 
 
-@pytest.fixture
-def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[OTLPReceiver]:
-    for key in list(os.environ):
-        if key.startswith("OTEL_"):
-            monkeypatch.delenv(key)
-    r = OTLPReceiver()
-    r.start_grpc()
-    r.start_http()
-    yield r
-    r.stop()
-
-
 def _train(exp: tracelet.Experiment) -> None:
     exp.log_params({"lr": 0.1, "optimizer": {"name": "adam"}})
     for epoch in range(2):

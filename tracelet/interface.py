@@ -133,7 +133,6 @@ def _install_hooks() -> None:
 
     sys.excepthook = excepthook
     atexit.register(_at_exit)
-    _secrets.install_log_filter()
 
 
 def _exit_hook_first() -> None:
