@@ -12,15 +12,21 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The frameworks the integration and distributed tests run (torch CPU, Lightning,
+# transformers, ...): test setup only, never a dependency of tracelet itself.
+$(VENV)/.frameworks: $(VENV)/.installed requirements-frameworks.txt
+	$(PY) -m pip install --quiet -r requirements-frameworks.txt
+	touch $@
+
 quickstart: $(VENV)/.installed
 	$(PY) examples/quickstart.py
 
-test: $(VENV)/.installed
+test: $(VENV)/.frameworks
 	scripts/test.sh
 
 # The lane to run often: lint, format, types and every test not marked slow
 # (no end-to-end volume tests, no Debian packages): about a minute on 2 cores.
-test-fast: $(VENV)/.installed
+test-fast: $(VENV)/.frameworks
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
