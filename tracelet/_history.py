@@ -43,7 +43,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from tracelet._journal import Record, encode
+from tracelet._journal import Record, encode_frames
 
 _log = logging.getLogger("tracelet")
 
@@ -258,59 +258,100 @@ class History:
             except RuntimeError:  # "deque mutated during iteration" (free-threaded build)
                 continue
             try:
-                data = encode(records)
-                self._write(data)
-            except BaseException as exc:  # disk full, unencodable value: the records stay queued
+                frames = encode_frames(records)
+                self._write(frames)
+            except _PartialWrite as part:  # the disk filled mid-write: keep the whole frames
                 self._held = 0
-                self.write_errors += 1
-                if self.error is None:
-                    _log.error(
-                        "cannot write the journal %s: %r; retrying, "
-                        "points are held in memory meanwhile",
-                        self.path,
-                        exc,
-                    )
-                self.error = exc
+                self._committed_part(records, part)
+                self._failed(part.error)
+                return False
+            except BaseException as exc:  # unencodable value: the records stay queued
+                self._held = 0
+                self._failed(exc)
                 return False
             if self.error is not None:
                 _log.warning("the journal %s is writable again", self.path)
                 self.error = None
                 self._full_since = None
-            points = sum(1 for r in records if len(r) == 4)
-            if self._on_names is not None:
-                new = {r[0] for r in records if len(r) == 4} - self._names
-                if new:
-                    self._names |= new
-                    try:
-                        self._on_names(new)
-                    except Exception as exc:  # telemetry must never stop the journal
-                        _log.warning("new-metric callback failed: %r", exc)
             for _ in range(n):
                 popleft()
             self._held = 0
-            with self.written:
-                self.committed += len(data)
-                self.points += points
-                self.written.notify_all()
-            # Wake waiting producers, but never block on them: a producer
-            # interrupted by a signal handler that ends the run may hold this.
-            if self._room.acquire(blocking=False):
-                try:
-                    self._room.notify_all()
-                finally:
-                    self._room.release()
+            self._commit(records, sum(len(line) for line, _ in frames))
         return True
 
-    def _write(self, data: bytes) -> None:
-        """Append `data` whole, or leave the file as it was (no torn frame in the middle)."""
-        view = memoryview(data)
+    def _failed(self, exc: BaseException) -> None:
+        self.write_errors += 1
+        if self.error is None:
+            _log.error(
+                "cannot write the journal %s: %r; retrying, points are held in memory meanwhile",
+                self.path,
+                exc,
+            )
+        self.error = exc
+
+    def _committed_part(self, records: list[Record], part: _PartialWrite) -> None:
+        """After a short write: the whole frames on disk are written; the rest stays queued."""
+        n = sum(count for _, count in part.frames)
+        if not n:
+            return
+        for _ in range(n):
+            self.queue.popleft()
+        self._commit(records[:n], sum(len(line) for line, _ in part.frames))
+
+    def _commit(self, records: list[Record], size: int) -> None:
+        """`records` are in the journal, `size` more bytes of whole frames: tell its readers."""
+        points = sum(1 for r in records if len(r) == 4)
+        if self._on_names is not None:
+            new = {r[0] for r in records if len(r) == 4} - self._names
+            if new:
+                self._names |= new
+                try:
+                    self._on_names(new)
+                except Exception as exc:  # telemetry must never stop the journal
+                    _log.warning("new-metric callback failed: %r", exc)
+        with self.written:
+            self.committed += size
+            self.points += points
+            self.written.notify_all()
+        # Wake waiting producers, but never block on them: a producer
+        # interrupted by a signal handler that ends the run may hold this.
+        if self._room.acquire(blocking=False):
+            try:
+                self._room.notify_all()
+            finally:
+                self._room.release()
+
+    def _write(self, frames: list[tuple[bytes, int]]) -> None:
+        """Append `frames` whole; after a failure the file ends with whole frames only.
+
+        A frame is final once whole on disk: a reader (a delivery thread, the
+        delivery agent in another process) may already have delivered it, so
+        a short write (a disk filling up) keeps the whole frames it wrote and
+        cuts only the torn one (`_PartialWrite` tells which were written).
+        """
+        view = memoryview(b"".join(line for line, _ in frames))
+        done = 0
         try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
-        except BaseException:
-            try:  # cut a partial write, so the retried frames follow whole ones
-                os.ftruncate(self._fd, self.committed)
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+        except BaseException as exc:
+            whole, size = [], 0
+            for line, count in frames:
+                if size + len(line) > done:
+                    break
+                whole.append((line, count))
+                size += len(line)
+            try:  # cut the torn frame, so the retried frames follow whole ones
+                os.ftruncate(self._fd, self.committed + size)
             except OSError:
                 pass
-            raise
+            raise _PartialWrite(exc, whole) from exc
+
+
+class _PartialWrite(Exception):
+    """A write that failed after `frames` (whole) reached the file."""
+
+    def __init__(self, error: BaseException, frames: list[tuple[bytes, int]]) -> None:
+        super().__init__(repr(error))
+        self.error = error
+        self.frames = frames
