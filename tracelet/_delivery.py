@@ -96,6 +96,8 @@ class Delivery:
         self.resume: dict[str, Any] | None = run.resume
         self._status: RunStatus | None = None
         self._deadline = float("inf")
+        self._patience: float | None = None  # progress moves the deadline this far ahead
+        self._hard_deadline = float("inf")  # never moved (a SIGTERM's grace period)
         self._kick = threading.Event()  # cuts a backoff sleep short when the run closes
         self._secrets: list[str] | None = None  # masked in the saved resume state
         self._save_failed = False
@@ -114,13 +116,45 @@ class Delivery:
     def start(self) -> None:
         self._thread.start()
 
-    def finish(self, status: RunStatus, deadline: float) -> None:
-        """Deliver what is journaled, then close the tracker run, by `deadline` (monotonic)."""
-        self._deadline = deadline
+    def finish(self, status: RunStatus, deadline: float, patience: float | None = None) -> None:
+        """Deliver what is journaled, then close the tracker run, by `deadline` (monotonic).
+
+        With `patience`, every batch the exporter accepts moves the deadline
+        to at least `patience` seconds ahead: a backend that keeps taking
+        points is given the time it needs, one that stops answering is given
+        up on `patience` seconds after its last progress.
+        """
+        self._patience = patience
+        self._deadline = min(deadline, self._hard_deadline)
         self._status = status
+        self._wake()
+
+    def stop_by(self, deadline: float) -> None:
+        """Give up at `deadline` (monotonic) at the latest, progress or not."""
+        self._hard_deadline = deadline
+        self._deadline = min(self._deadline, deadline)
+        self._wake()
+
+    def _wake(self) -> None:
         self._kick.set()
         with self.history.written:
             self.history.written.notify_all()
+
+    def _progressed(self) -> None:
+        if self._patience is not None:
+            ahead = time.monotonic() + self._patience
+            if ahead > self._deadline:
+                self._deadline = min(ahead, self._hard_deadline)
+
+    @property
+    def deadline(self) -> float:
+        """When (monotonic) the delivery gives up, as it stands (progress moves it)."""
+        return self._deadline
+
+    @property
+    def sent(self) -> int:
+        """Metric points the exporter accepted (`delivered` counts only the flushed ones)."""
+        return self._sent
 
     def join(self, timeout: float) -> None:
         self._thread.join(max(0.0, timeout))
@@ -214,7 +248,11 @@ class Delivery:
 
     def _export_from(self, f: Any, end: int) -> None:
         for batch, offset, points in read_batches(
-            f, self._sent_offset, end, self.exporter.max_batch_points
+            f,
+            self._sent_offset,
+            end,
+            self.exporter.max_batch_points,
+            getattr(self.history, "cache", None),
         ):
             remaining_ms = (self._deadline - time.monotonic()) * 1000
             timeout_ms = min(_EXPORT_TIMEOUT_MS, max(1000.0, remaining_ms))
@@ -222,6 +260,7 @@ class Delivery:
             if result is not ExportResult.SUCCESS:
                 raise RuntimeError(f"exporter returned {result}")
             self._sent_offset, self._sent = offset, self._sent + points
+            self._progressed()
             if time.monotonic() - self._last_durable >= DURABLE_EVERY:
                 self._make_durable()
         if self._sent_offset < end:  # only a damaged tail was left: nothing more to read

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from tracelet import _lifecycle, _validate
+from tracelet._agentlink import AgentBackend
 from tracelet._delivery import Delivery
 from tracelet._history import History
 from tracelet._otel import Telemetry
@@ -180,7 +181,7 @@ class Experiment:
         return self._run.history
 
     @property
-    def _deliveries(self) -> Sequence[Delivery]:
+    def _deliveries(self) -> Sequence[Delivery | AgentBackend]:
         return self._run.deliveries
 
     # -- ending -----------------------------------------------------------------

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from tracelet.export import Batch, MetricPoint
 from tracelet.toolkit import line_start
@@ -109,45 +111,112 @@ def encode(records: list[Record]) -> bytes:
     return b"".join(line for line, _ in encode_frames(records))
 
 
-def add_frame(batch: Batch, line: bytes) -> int:
-    """Add one frame to `batch`; return the number of metric points it held."""
+class Frame(NamedTuple):
+    """One decoded frame: its length in bytes and what it holds."""
+
+    size: int
+    metrics: list[MetricPoint]
+    params: dict[str, Any] | None = None
+    tags: dict[str, str] | None = None
+
+
+_DAMAGED: list[MetricPoint] = []
+
+
+def decode(line: bytes) -> Frame:
+    """Decode one whole line of the journal.
+
+    Raises:
+        ValueError, TypeError, KeyError: the line is no frame (a damaged block).
+    """
     frame = _loads(line)
     if "m" in frame:
         names, values, steps, times = frame["m"]
-        batch.metrics.extend(map(MetricPoint, names, map(float, values), steps, times))
-        return len(names)
+        return Frame(len(line), list(map(MetricPoint, names, map(float, values), steps, times)))
     if "p" in frame:
-        batch.params.update(frame["p"])
-    elif "t" in frame:
-        batch.tags.update(frame["t"])
-    return 0
+        return Frame(len(line), [], params=dict(frame["p"]))
+    if "t" in frame:
+        return Frame(len(line), [], tags=dict(frame["t"]))
+    return Frame(len(line), [])
+
+
+def add_frame(batch: Batch, line: bytes) -> int:
+    """Add one frame to `batch`; return the number of metric points it held."""
+    return _add(batch, decode(line))
+
+
+def _add(batch: Batch, frame: Frame) -> int:
+    batch.metrics.extend(frame.metrics)
+    if frame.params:
+        batch.params.update(frame.params)
+    if frame.tags:
+        batch.tags.update(frame.tags)
+    return len(frame.metrics)
+
+
+class FrameCache:
+    """The frames decoded last, by offset: several readers of one journal decode each once.
+
+    The delivery agent reads the journal once per backend, each from its own
+    cursor; the first reader to reach a frame decodes it, the others take it
+    from here while it is among the last `size` frames (frames are immutable,
+    and so are the `MetricPoint` tuples they hold).
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self._frames: OrderedDict[int, Frame] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, offset: int) -> Frame | None:
+        with self._lock:
+            return self._frames.get(offset)
+
+    def put(self, offset: int, frame: Frame) -> None:
+        with self._lock:
+            self._frames[offset] = frame
+            while len(self._frames) > self._size:
+                self._frames.popitem(last=False)
 
 
 def read_batches(
-    f: IO[bytes], offset: int, end: int | None, max_points: int
+    f: IO[bytes], offset: int, end: int | None, max_points: int, cache: FrameCache | None = None
 ) -> Iterator[tuple[Batch, int, int]]:
     """Read whole frames from `offset` up to `end` (or the last complete line).
+
+    Args:
+        cache: frames other readers of the same journal decoded (`FrameCache`).
 
     Yields:
         ``(batch, next_offset, points)``: a batch of at most about `max_points`
         points (never splitting a frame) and where the next unread frame starts.
     """
     f.seek(offset)
+    at = offset  # where `f` stands
     batch, points = Batch(), 0
     while end is None or offset < end:
-        line = f.readline()
-        if not line.endswith(b"\n"):  # nothing more, or a torn last write
-            break
-        try:
-            points += add_frame(batch, line)
-        except (ValueError, TypeError, KeyError) as exc:
-            _log.error(
-                "skipping a damaged journal frame at byte %d of %s: %r",
-                offset,
-                getattr(f, "name", "the journal"),
-                exc,
-            )
-        offset += len(line)
+        frame = cache.get(offset) if cache is not None else None
+        if frame is None:
+            if at != offset:
+                f.seek(offset)
+            line = f.readline()
+            at = offset + len(line)
+            if not line.endswith(b"\n"):  # nothing more, or a torn last write
+                break
+            try:
+                frame = decode(line)
+            except (ValueError, TypeError, KeyError) as exc:
+                _log.error(
+                    "skipping a damaged journal frame at byte %d of %s: %r",
+                    offset,
+                    getattr(f, "name", "the journal"),
+                    exc,
+                )
+                frame = Frame(len(line), _DAMAGED)
+            if cache is not None:
+                cache.put(offset, frame)
+        points += _add(batch, frame)
+        offset += frame.size
         if points >= max_points:
             yield batch, offset, points
             batch, points = Batch(), 0

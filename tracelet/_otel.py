@@ -29,7 +29,6 @@ from tracelet._version import __version__
 from tracelet.export import TelemetryBackend, TelemetryContext
 
 if TYPE_CHECKING:
-    from tracelet._delivery import Delivery
     from tracelet._history import History
 
 _log = logging.getLogger("tracelet")
@@ -47,6 +46,19 @@ MAX_GAUGES = 2000
 MAX_PARAM_ATTRIBUTES, MAX_PARAM_VALUE = 128, 256
 
 _INVALID = re.compile(r"[^A-Za-z0-9_./-]")
+
+
+class BackendCounts(Protocol):
+    """What the per-backend instruments read: a `Delivery`, or a backend the agent delivers."""
+
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def delivered(self) -> int: ...
+
+    @property
+    def failures(self) -> int: ...
 
 
 class RunProgress(Protocol):
@@ -68,7 +80,7 @@ class RunProgress(Protocol):
     def history(self) -> History: ...
 
     @property
-    def deliveries(self) -> Sequence[Delivery]: ...
+    def deliveries(self) -> Sequence[BackendCounts]: ...
 
 
 def instrument_name(name: str) -> str:
@@ -327,7 +339,7 @@ class Telemetry:
             lambda: getattr(run.history, "write_errors", 0),
         )
 
-        def per_backend(read: Callable[[Delivery], int]) -> Callable[[CallbackOptions], Any]:
+        def per_backend(read: Callable[[BackendCounts], int]) -> Callable[[CallbackOptions], Any]:
             return lambda _: [
                 Observation(read(d), {"tracelet.backend": d.backend}) for d in run.deliveries
             ]

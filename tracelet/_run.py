@@ -4,7 +4,10 @@
 builds the run's parts in one pass and owns them until they are shut:
 
 - the **history** (`_history.History`): the in-memory queue and the journal thread;
-- one **delivery** per tracker (`_delivery.Delivery`), each on its own thread;
+- the **delivery agent** (`_agentlink.AgentLink`): a process of its own that
+  delivers the journal to the trackers, so no tracker SDK runs here; or, with
+  ``delivery="thread"`` (and for the in-memory test double), one **delivery**
+  per tracker (`_delivery.Delivery`) on a thread of this process;
 - the **telemetry** (`_otel.Telemetry`): the run's OTel providers and instruments,
   which read the run's progress from this object when a reader collects;
 - the **sampler** (`_system.SystemMetrics`) when ``track_system`` is on.
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from tracelet import _lifecycle, _provenance, _registry, _rundir, _secrets, _validate
+from tracelet._agentlink import AgentBackend, AgentLink
 from tracelet._delivery import Delivery
 from tracelet._history import History
 from tracelet._logs import brief
@@ -85,6 +89,9 @@ class RunReport:
     points: int
     run_dir: Path
     backends: list[BackendReport] = field(default_factory=list)
+    #: The delivery agent was still delivering when the run ended (SIGTERM, or
+    #: ``wait_for_delivery=False``): it finishes in the background.
+    background: bool = False
 
     @property
     def complete(self) -> bool:
@@ -160,17 +167,38 @@ class Run:
         )
         self._queue = self.history.queue
         self._wake_at = self.history.wake_at
-        self.deliveries = [
-            Delivery(
-                backend,
-                cls(options[backend]),
-                info,
-                self.history,
-                _rundir.state_path(self.run_dir, backend),
-                on_started=on_started,
-            )
-            for backend, cls in trackers.items()
+        self._info = info
+        self._classes, self._options = trackers, options
+        self._wait = settings.wait_for_delivery
+        self._fallback_lock = threading.Lock()
+        self._fell_back = False
+        # The in-memory test double stays here: tests read what it received in this process.
+        by_agent = [
+            n for n in trackers if settings.delivery == "agent" and n not in _registry.TEST_DOUBLES
         ]
+        self.deliveries: list[Delivery | AgentBackend] = [
+            self._delivery(n, on_started) for n in trackers if n not in by_agent
+        ]
+        self._agent: AgentLink | None = None
+        if by_agent:
+            try:
+                self._agent = AgentLink(
+                    self.run_dir,
+                    {n: options[n] for n in by_agent},
+                    lock_fd=self._run_lock.fileno(),
+                    close_timeout=settings.close_timeout,
+                    grace=settings.agent_grace,
+                    keep_journal=settings.keep_journal,
+                    on_lost=self._agent_lost,
+                )
+            except OSError as exc:
+                _log.warning(
+                    "cannot start the delivery agent (%s); delivering from this process",
+                    brief(exc),
+                )
+                self.deliveries += [self._delivery(n, on_started) for n in by_agent]
+            else:
+                self.deliveries += [AgentBackend(self._agent, n) for n in by_agent]
         self.telemetry = Telemetry(
             {**resource_attributes(self.run_id, self.project, self.name), **provenance.resource},
             self.latest,
@@ -195,8 +223,58 @@ class Run:
             self.put_tags({TRACE_ID_TAG: self.telemetry.trace_id})
         if self.sampler is not None:
             self.sampler.start()
-        for delivery in self.deliveries:
+        for delivery in self._local():
             delivery.start()
+
+    def _delivery(
+        self, backend: str, on_started: Callable[[], None] | None = None, restore: bool = False
+    ) -> Delivery:
+        """A delivery thread of this process for `backend` (not started)."""
+        path = _rundir.state_path(self.run_dir, backend)
+        state = _rundir.read_state(path) if restore else {}
+        info = self._info
+        if state.get("resume"):
+            info = RunInfo(info.run_id, info.project, info.name, resume=state["resume"])
+        delivery = Delivery(
+            backend,
+            self._classes[backend](self._options[backend]),
+            info,
+            self.history,
+            path,
+            on_started=on_started,
+        )
+        if state:
+            delivery.restore(state)
+        return delivery
+
+    def _local(self) -> list[Delivery]:
+        return [d for d in self.deliveries if isinstance(d, Delivery)]
+
+    def _agent_lost(self, code: int, ending: bool = False) -> None:
+        """The agent stopped before it was done: deliver from here, from its saved cursors.
+
+        Called by the agent link's watchdog (the agent died during the run) or
+        by `end` (it died while the run was closing). Every point is in the
+        journal, and each backend's cursor and resume state in the run
+        directory: the deliveries made here go on where the agent stopped,
+        each point once, as ``tracelet sync`` would.
+        """
+        with self._fallback_lock:
+            link = self._agent
+            if link is None or self._fell_back or self.state is RunState.FORKED:
+                return
+            self._fell_back = True
+            _log.warning(
+                "the delivery agent of run %s stopped (%s); delivering from this process "
+                "instead (every point is in the journal)",
+                self.run_id,
+                link.failure(),
+            )
+            moved = [self._delivery(n, restore=True) for n in link.backends]
+            self.deliveries = [d for d in self.deliveries if not isinstance(d, AgentBackend)]
+            self.deliveries += moved
+            for delivery in moved:
+                delivery.start()
 
     def _new_names(self, names: set[str]) -> None:
         """Metric names the journal saw for the first time: each gets its OTel gauge."""
@@ -331,15 +409,12 @@ class Run:
                 except Exception as exc:
                     _log.warning("stopping the system sampler failed: %r", exc)
             self.history.close(deadline)  # a refusing disk is retried until the deadline
-            for delivery in self.deliveries:
-                delivery.finish(status, deadline)
-            for delivery in self.deliveries:
-                delivery.join(deadline - time.monotonic())
+            background = self._deliver_rest(status)
             try:
                 self.telemetry.shutdown(max(1.0, deadline - time.monotonic()) * 1000, status.value)
             except Exception as exc:  # never let telemetry cost the run its report
                 _log.warning("OTel shutdown failed: %r", exc)
-            self.report = self._make_report(status)
+            self.report = self._make_report(status, background)
             self._ender = None
             self._record_end(self.report)
             self.state = RunState.ENDED
@@ -348,7 +423,49 @@ class Run:
             self.history.path.unlink(missing_ok=True)
         return self.report
 
-    def _make_report(self, status: RunStatus) -> RunReport:
+    def _deliver_rest(self, status: RunStatus) -> bool:
+        """Let every backend take what is journaled and close its run; True if left to the agent.
+
+        Each backend gets ``close_timeout`` seconds *without progress*: a slow
+        but live one is waited for, a dead or hung one given up on. The
+        agent is not waited for after SIGTERM (the trainer exits promptly; the
+        agent delivers the rest) nor with ``wait_for_delivery=False``.
+        """
+        patience = self.close_timeout
+        link = None if self._fell_back else self._agent
+        if link is not None:
+            try:  # what sync needs if the agent dies too; before "end", the agent's last word
+                _rundir.update_run(
+                    self.run_dir,
+                    status=status.value,
+                    points=self.history.points + self.history.lost,
+                )
+            except OSError as exc:
+                _log.warning("cannot record the end of run %s: %r", self.run_id, exc)
+            link.end(status, cleanup=not self._local())
+        for delivery in self._local():
+            delivery.finish(status, time.monotonic() + patience, patience)
+        if link is not None:
+            if not self._wait or _lifecycle.received is not None:
+                self._join_local()
+                return link.alive
+            done = link.wait(self.run_id, self.history.points, patience)
+            if not done:
+                self._join_local()
+                return True
+            if link.status(fresh=True).get("state") != "done":  # it died while closing
+                self._agent_lost(link.proc.returncode or 0)
+                for delivery in self._local():
+                    delivery.finish(status, time.monotonic() + patience, patience)
+        self._join_local()
+        return False
+
+    def _join_local(self) -> None:
+        for delivery in self._local():
+            while delivery.alive and time.monotonic() < delivery.deadline:
+                delivery.join(0.25)
+
+    def _make_report(self, status: RunStatus, background: bool = False) -> RunReport:
         # Every point the run accepted, journaled or not: a lost one is undelivered.
         points = self.history.points + self.history.lost
         backends = [
@@ -357,11 +474,11 @@ class Run:
                 delivered=d.delivered,
                 undelivered=points - d.delivered,
                 closed=d.closed,
-                error=None if d.error is None else _secrets.redact(brief(d.error)),
+                error=_error(d.error),
             )
             for d in self.deliveries
         ]
-        return RunReport(self.run_id, status, points, self.run_dir, backends)
+        return RunReport(self.run_id, status, points, self.run_dir, backends, background)
 
     def _record_end(self, report: RunReport) -> None:
         """Keep the final status in run.json (``tracelet sync`` closes runs with it).
@@ -370,23 +487,35 @@ class Run:
         thread is still inside an export call past the deadline (then it
         stays locked until this process exits).
         """
-        try:
-            _rundir.update_run(
-                self.run_dir,
-                status=report.status.value,
-                points=report.points,
-                complete=report.complete,
-            )
-        except OSError as exc:
-            _log.warning("cannot record the end of run %s: %r", self.run_id, exc)
-        for delivery in self.deliveries:  # one leaving its last backoff at the deadline
+        if not report.background:  # else the agent is the last to write run.json
+            try:
+                _rundir.update_run(
+                    self.run_dir,
+                    status=report.status.value,
+                    points=report.points,
+                    complete=report.complete,
+                )
+            except OSError as exc:
+                _log.warning("cannot record the end of run %s: %r", self.run_id, exc)
+        local = self._local()
+        for delivery in local:  # one leaving its last backoff at the deadline
             if delivery.alive:
                 delivery.join(0.5)
-        if not any(d.alive for d in self.deliveries):
+        if not any(d.alive for d in local):  # the agent holds the lock on its own while it runs
             self._run_lock.release()
 
     def _log_report(self, report: RunReport) -> None:
         history = self.history
+        if report.background:
+            _log.warning(
+                "run %s ended %s; the delivery agent goes on delivering in the background "
+                "(%s) and then ends the tracker runs %s",
+                report.run_id,
+                report.status.value,
+                ", ".join(f"{b.backend} {b.delivered} of {report.points}" for b in report.backends),
+                report.status.value,
+            )
+            return
         lost = (
             f"; {history.lost} points could not be written to the journal "
             f"({brief(history.error)}) and are lost"
@@ -440,3 +569,12 @@ class Run:
         self._ender = None
         self.history.forget_in_child()
         self._run_lock.forget_in_child()
+        if self._agent is not None:
+            self._agent.forget_in_child()
+
+
+def _error(error: BaseException | str | None) -> str | None:
+    """A backend's last error, in a line, secrets masked (the agent reports a line already)."""
+    if error is None:
+        return None
+    return _secrets.redact(error if isinstance(error, str) else brief(error))

@@ -52,6 +52,15 @@ def state_path(run_dir: Path, backend: str) -> Path:
     return run_dir / f"{backend}.state.json"
 
 
+def read_state(path: Path) -> dict[str, Any]:
+    """A backend's saved cursor and resume state (`state_path`); ``{}`` when there is none."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write_run(
     run_dir: Path,
     *,
@@ -125,6 +134,10 @@ class RunLock:
             return False
         self._fd = fd
         return True
+
+    def fileno(self) -> int | None:
+        """The locked descriptor: a process given it holds the lock too (the delivery agent)."""
+        return self._fd
 
     def release(self) -> None:
         if self._fd is not None:

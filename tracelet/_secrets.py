@@ -129,6 +129,11 @@ def set_unmasked_keys(keys: Iterable[str]) -> None:
     _unmasked = frozenset(keys)
 
 
+def unmasked_keys() -> frozenset[str]:
+    """The keys `set_unmasked_keys` set."""
+    return _unmasked
+
+
 def mask_secret_keys(values: dict[str, Any], what: str) -> dict[str, Any]:
     """`values` with the string under each secret-looking key masked (`secret_name`).
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -60,7 +60,11 @@ class TraceletSettings(BaseSettings):
     close_timeout: float = Field(
         default=60.0,
         ge=0,
-        description="Seconds stop_logging waits for backends before reporting what is undelivered.",
+        description=(
+            "Seconds a backend may go without taking a point before the end of the run "
+            "gives up on it and reports what it did not receive (a slow but live backend "
+            "is given the time it needs)."
+        ),
     )
     keep_journal: bool = Field(
         default=False,
@@ -76,6 +80,30 @@ class TraceletSettings(BaseSettings):
     handle_signals: bool = Field(
         default=True,
         description="On SIGTERM, end the run (KILLED) before the process terminates.",
+    )
+
+    delivery: Literal["agent", "thread"] = Field(
+        default="agent",
+        description=(
+            'Where tracker I/O runs: "agent", a delivery process of its own, so no tracker '
+            'SDK runs in the training process; "thread", threads of the training process '
+            "(for places that cannot start a process)."
+        ),
+    )
+    wait_for_delivery: bool = Field(
+        default=True,
+        description=(
+            "stop_logging waits while the backends take the rest of the run, showing "
+            "progress; False returns at once and the delivery agent finishes in the background."
+        ),
+    )
+    agent_grace: float = Field(
+        default=25.0,
+        ge=0,
+        description=(
+            "Seconds the delivery agent goes on delivering after it receives SIGTERM "
+            "(SLURM and Kubernetes wait 30 s by default before SIGKILL)."
+        ),
     )
 
     @field_validator("backend", "unmasked_keys", mode="before")
