@@ -14,6 +14,9 @@ T = TypeVar("T")
 
 #: A run that captures no system metrics, git state or environment: only what the test logs.
 QUIET = TraceletSettings(track_system=False, track_git=False, track_env=False)
+#: Tracker I/O on threads of this process instead of the delivery agent: for tests
+#: that look at a tracker SDK or an exporter object inside the test process.
+IN_PROCESS = TraceletSettings(delivery="thread")
 
 
 def wait_for(

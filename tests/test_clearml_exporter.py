@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import tracelet
-from tests._helpers import QUIET
+from tests._helpers import IN_PROCESS, QUIET
 from tests._trackers import starts_seen, state_of
 from tracelet import TraceletSettings
 from tracelet.exporters._clearml_translate import FLOAT32_MAX
@@ -111,7 +111,7 @@ def test_reports_from_a_thread_not_a_forked_process() -> None:
     import psutil
     from clearml import Task
 
-    exp = tracelet.start_logging(exp_name="n", project="p", backend="clearml")
+    exp = tracelet.start_logging(exp_name="n", project="p", backend="clearml", settings=IN_PROCESS)
     exp.log_metric("loss", 1.0)
     exp.end()  # a stop drains the delivery thread, so Task.init has run
     assert Task._report_subprocess_enabled is False
@@ -122,7 +122,9 @@ def test_reports_from_a_thread_not_a_forked_process() -> None:
 def test_argparse_arguments_are_not_captured(monkeypatch: pytest.MonkeyPatch) -> None:
     """ClearML records parsed arguments as ``Args/*`` when its argparse hook is on."""
     with starts_seen(monkeypatch) as started:
-        exp = tracelet.start_logging(exp_name="n", project="p", backend="clearml")
+        exp = tracelet.start_logging(
+            exp_name="n", project="p", backend="clearml", settings=IN_PROCESS
+        )
         assert started.acquire(timeout=60)  # the task is open now
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=3)
@@ -145,7 +147,7 @@ def test_task_init_gets_tracelets_defaults_and_the_users_overrides(
         return real_init(cls, *args, **kwargs)
 
     monkeypatch.setattr(Task, "init", classmethod(spy))
-    exp = tracelet.start_logging(exp_name="n", project="p", backend="clearml")
+    exp = tracelet.start_logging(exp_name="n", project="p", backend="clearml", settings=IN_PROCESS)
     exp.end()
     assert seen["auto_connect_frameworks"]["detect_repository"] is False
     assert not any(v for k, v in seen["auto_connect_frameworks"].items())
@@ -159,6 +161,7 @@ def test_task_init_gets_tracelets_defaults_and_the_users_overrides(
         exp_name="n2",
         project="p",
         backend="clearml",
+        settings=IN_PROCESS,
         config={"auto_connect_frameworks": {"matplotlib": True}, "detect_repository": False},
     )
     exp.end()

@@ -14,6 +14,7 @@ import pytest
 import tracelet
 from tests._helpers import QUIET
 from tests._otlp_receiver import OTLPReceiver, attributes
+from tests._reliability import mlflow_run
 from tests._servers import free_port
 from tracelet import ConfigError
 from tracelet.exporters.otlp import OTLPOptions, protocol_for, signal_endpoint, timeout_seconds
@@ -253,7 +254,7 @@ def test_unreachable_endpoint_leaves_trackers_whole(
         report = exp.end()
     assert report.complete
     assert report.backends[0].delivered == 5000
-    run_id = exp._deliveries[0].exporter.run_id  # type: ignore[attr-defined]
+    run_id = mlflow_run(mlflow_uri, exp.run_id).info.run_id
     history = MlflowClient(tracking_uri=mlflow_uri).get_metric_history(run_id, "loss")
     assert sorted(m.step for m in history) == list(range(5000))
 
@@ -276,7 +277,7 @@ def test_100k_points_all_in_mlflow_and_bounded_otlp_series(
     report = exp.end()
     assert report.complete and report.points == 100_000
 
-    run_id = exp._deliveries[0].exporter.run_id  # type: ignore[attr-defined]
+    run_id = mlflow_run(mlflow_uri, exp.run_id).info.run_id
     client = MlflowClient(tracking_uri=mlflow_uri)
     for name in ("train/loss", "train/acc"):
         assert sorted(m.step for m in client.get_metric_history(run_id, name)) == list(
@@ -416,7 +417,7 @@ def test_no_collector_says_so_once_and_does_not_wait_on_retries_at_the_end(
         )
     ], lines
     assert report.complete and report.backends[0].delivered == 3000
-    run_id = exp._deliveries[0].exporter.run_id  # type: ignore[attr-defined]
+    run_id = mlflow_run(mlflow_uri, exp.run_id).info.run_id
     history = MlflowClient(tracking_uri=mlflow_uri).get_metric_history(run_id, "loss")
     assert sorted(m.step for m in history) == list(range(3000))
 

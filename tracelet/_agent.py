@@ -273,32 +273,69 @@ class Agent:
             _log.debug("cannot write %s: %r", STATUS_FILE, exc)
 
 
-def _setup_logging(run_dir: Path) -> None:
+class _ToTrainer(logging.Handler):
+    """Sends each record to the trainer, which logs it through the application's logging.
+
+    Once the trainer is gone (its end of the pipe closed), records go to
+    stderr instead, as ``tracelet: <message>``.
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd: int | None = fd
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+        except Exception:
+            return
+        if self._fd is not None:
+            line = json.dumps({"name": record.name, "level": record.levelno, "msg": msg})
+            try:
+                os.write(self._fd, line.encode() + b"\n")
+                return
+            except OSError:
+                self._fd = None
+        if record.levelno >= logging.WARNING:
+            try:
+                sys.stderr.write(f"tracelet: {msg}\n")
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+
+
+def _setup_logging(run_dir: Path, fd: int | None) -> logging.Logger:
     logger = logging.getLogger("tracelet")
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    terminal = logging.StreamHandler(sys.stderr)  # the trainer's stderr, inherited
-    terminal.setLevel(logging.WARNING)
-    terminal.setFormatter(logging.Formatter("tracelet: %(message)s"))
-    logger.addHandler(terminal)
+    if fd is not None:
+        logger.addHandler(_ToTrainer(fd))
+    else:
+        terminal = logging.StreamHandler(sys.stderr)
+        terminal.setLevel(logging.WARNING)
+        terminal.setFormatter(logging.Formatter("tracelet: %(message)s"))
+        logger.addHandler(terminal)
     try:
         file = logging.FileHandler(run_dir / LOG_FILE)
     except OSError:
-        return
+        return logger
     file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    file.setLevel(logging.INFO)
     logger.addHandler(file)
+    return logger
 
 
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     run_dir = Path(argv[0])
-    _setup_logging(run_dir)
+    logger = _setup_logging(run_dir, int(argv[1]) if len(argv) > 1 else None)
     line = sys.stdin.readline()
     try:
         hello = json.loads(line)["hello"]
     except (ValueError, KeyError, TypeError):
         _log.error("the delivery agent got no start message on its input; exiting")
         return 2
+    logger.setLevel(min(logging.INFO, int(hello.get("log_level", logging.INFO))))
     for secret in hello.get("secrets") or ():
         _secrets.register(secret)
     _secrets.set_unmasked_keys(hello.get("unmasked") or ())

@@ -63,13 +63,24 @@ class AgentLink:
         self._status: dict[str, Any] = {}
         self._read_at = 0.0
         self._write_lock = threading.Lock()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tracelet._agent", str(run_dir)],
-            stdin=subprocess.PIPE,
-            start_new_session=True,
-            pass_fds=() if lock_fd is None else (lock_fd,),
-        )
+        logs_in, logs_out = os.pipe()  # the agent's log records, for this process's logging
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tracelet._agent", str(run_dir), str(logs_out)],
+                stdin=subprocess.PIPE,
+                start_new_session=True,
+                pass_fds=(logs_out,) if lock_fd is None else (logs_out, lock_fd),
+            )
+        except BaseException:
+            os.close(logs_in)
+            raise
+        finally:
+            os.close(logs_out)
         self._stdin = self.proc.stdin
+        self._relay = threading.Thread(
+            target=_relay_logs, args=(logs_in,), name="tracelet-agent-logs", daemon=True
+        )
+        self._relay.start()
         hello = {
             "options": {name: _reveal(opts) for name, opts in options.items()},
             "secrets": _secrets.known_secrets(),
@@ -79,6 +90,7 @@ class AgentLink:
             "close_timeout": close_timeout,
             "grace": grace,
             "keep_journal": keep_journal,
+            "log_level": _log.getEffectiveLevel(),
         }
         self._send({"hello": hello})
         self._watchdog = threading.Thread(
@@ -143,6 +155,12 @@ class AgentLink:
                     pass
                 self._stdin = None
 
+    def flush_logs(self, timeout: float = 2.0) -> None:
+        """Wait (briefly) until an exited agent's last log line was logged here, and its
+        watcher returned."""
+        self._relay.join(timeout)
+        self._watchdog.join(timeout)
+
     def wait(self, run_id: str, total: int, patience: float) -> bool:
         """Wait while the agent delivers, showing progress; True once it exited.
 
@@ -157,6 +175,7 @@ class AgentLink:
             while True:
                 try:
                     self.proc.wait(0.25)
+                    self.flush_logs()
                     return True
                 except subprocess.TimeoutExpired:
                     pass
@@ -241,6 +260,19 @@ class AgentBackend:
     @property
     def alive(self) -> bool:
         return self.link.alive
+
+
+def _relay_logs(fd: int) -> None:
+    """Log here, through the application's logging, what the agent logged (a line each)."""
+    with os.fdopen(fd, "rb") as lines:
+        for line in lines:
+            try:
+                record = json.loads(line)
+                logging.getLogger(str(record["name"])).log(
+                    int(record["level"]), "%s", record["msg"]
+                )
+            except (ValueError, KeyError, TypeError):
+                continue
 
 
 def _reveal(options: BaseModel) -> dict[str, Any]:
