@@ -114,10 +114,11 @@ def sync_run(
         raise TraceletError(f"{str(run_dir)!r} is not a tracelet run directory: {exc}") from exc
     lock = _rundir.RunLock(run_dir)
     if not lock.acquire() and not force:
+        agent = _rundir.read_state(run_dir / "agent.json").get("pid")
+        owner = f"process {run.get('pid')}" + (f" or its delivery agent {agent}" if agent else "")
         raise TraceletError(
-            f"run {run.get('run_id')} is still owned by process {run.get('pid')} on "
-            f"{run.get('host')!r}, which may still be delivering; retry when it has exited "
-            "(or pass --force)"
+            f"run {run.get('run_id')} is still owned by {owner} on {run.get('host')!r}, which "
+            "may still be delivering; retry when it has exited (or pass --force)"
         )
     try:
         return _sync_locked(
