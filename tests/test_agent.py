@@ -292,3 +292,48 @@ def test_nan_and_inf_survive_the_journal_frames() -> None:
     got = [p.value for p in batch.metrics]
     assert [repr(v) for v in got] == [repr(v) for v in values]
     assert batch.params == {"big": 2**70}
+
+
+def test_an_agent_that_cannot_start_is_said_once_and_the_run_delivers_from_the_trainer(
+    mlflow_uri: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import tracelet
+    from tests._helpers import QUIET
+    from tracelet import _agentlink
+
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(_agentlink.subprocess, "Popen", no_process)
+    with tracelet.start_logging(
+        "no-agent", "agent", backend="mlflow", config={"tracking_uri": mlflow_uri}, settings=QUIET
+    ) as exp:
+        for i in range(500):
+            exp.log_metric("loss", float(i), iteration=i)
+    assert exp.report is not None and exp.report.complete
+    said = [r for r in caplog.records if "cannot start the delivery agent" in r.getMessage()]
+    assert len(said) == 1
+    run = mlflow_run(mlflow_uri, exp.run_id)
+    steps = [s for s, _, _ in mlflow_history(mlflow_uri, run.info.run_id, "loss")]
+    assert_exactly_once(steps, range(500), "loss")
+
+
+def test_the_agent_gets_secrets_through_its_pipe_and_no_file_holds_them(
+    tmp_path: Path, mlflow_uri: str
+) -> None:
+    import tracelet
+    from tests._helpers import QUIET
+
+    token = "sk-agent-pipe-0123456789abcdef"
+    with tracelet.start_logging(
+        "secret",
+        "agent",
+        backend="mlflow",
+        config={"tracking_uri": mlflow_uri, "mlflow": {"tags": {"api_token": token}}},
+        settings=QUIET,
+    ) as exp:
+        exp.log_metric("loss", 1.0, iteration=0)
+    assert exp.report is not None and exp.report.complete
+    for path in exp.run_dir.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
