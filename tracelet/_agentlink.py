@@ -70,6 +70,7 @@ class AgentLink:
                 stdin=subprocess.PIPE,
                 start_new_session=True,
                 pass_fds=(logs_out,) if lock_fd is None else (logs_out, lock_fd),
+                env=_agent_env(),
             )
         except BaseException:
             os.close(logs_in)
@@ -260,6 +261,24 @@ class AgentBackend:
     @property
     def alive(self) -> bool:
         return self.link.alive
+
+
+def _agent_env() -> dict[str, str]:
+    """The trainer's environment, with the folder this tracelet was imported from first.
+
+    The agent must import the same tracelet as the trainer, also when the
+    trainer found it through a `sys.path` entry made at run time (a source
+    checkout, a test runner's ``pythonpath``).
+    """
+    import site
+
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    installed = {str(Path(p).resolve()) for p in site.getsitepackages()}
+    path = env.get("PYTHONPATH", "")
+    if root not in installed and root not in path.split(os.pathsep):
+        env["PYTHONPATH"] = root + (os.pathsep + path if path else "")
+    return env
 
 
 def _relay_logs(fd: int) -> None:

@@ -191,7 +191,7 @@ class Run:
                     keep_journal=settings.keep_journal,
                     on_lost=self._agent_lost,
                 )
-            except OSError as exc:
+            except Exception as exc:  # no process can be started here: threads instead
                 _log.warning(
                     "cannot start the delivery agent (%s); delivering from this process",
                     brief(exc),
