@@ -100,8 +100,9 @@ class LiveJournal:
 class Agent:
     """Delivers one run; see the module docstring."""
 
-    def __init__(self, run_dir: Path, hello: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, hello: dict[str, Any], pipe: ToTrainer | None = None) -> None:
         self.run_dir = run_dir
+        self.pipe = pipe
         self.run = _rundir.read_run(run_dir)
         self.trainer = int(hello.get("pid") or 0)
         self.patience = float(hello.get("close_timeout", 60.0))
@@ -246,31 +247,60 @@ class Agent:
         return all(d.closed and d.offset >= end for d in self.deliveries)
 
     def report(self) -> None:
-        """Rewrite agent.json: what each backend has, for the trainer."""
+        """Tell the trainer (through the pipe) and agent.json what each backend has."""
+        status = {
+            "pid": os.getpid(),
+            "state": self.state,
+            "error": self.error,
+            "journaled": self.journal.committed,
+            "backends": {
+                d.backend: {
+                    "started": d.started,
+                    "sent": d.sent,
+                    "delivered": d.delivered,
+                    "failures": d.failures,
+                    "closed": d.closed,
+                    "alive": d.alive,
+                    "error": None if d.error is None else _secrets.redact(brief(d.error)),
+                }
+                for d in self.deliveries
+            },
+        }
+        if self.pipe is not None:
+            self.pipe.send({"status": status})
         try:
-            _rundir.save_json(
-                self.run_dir / STATUS_FILE,
-                {
-                    "pid": os.getpid(),
-                    "state": self.state,
-                    "error": self.error,
-                    "journaled": self.journal.committed,
-                    "backends": {
-                        d.backend: {
-                            "started": d.started,
-                            "sent": d.sent,
-                            "delivered": d.delivered,
-                            "failures": d.failures,
-                            "closed": d.closed,
-                            "alive": d.alive,
-                            "error": None if d.error is None else _secrets.redact(brief(d.error)),
-                        }
-                        for d in self.deliveries
-                    },
-                },
-            )
+            _rundir.save_json(self.run_dir / STATUS_FILE, status)
         except OSError as exc:  # the run directory deleted: delivery goes on regardless
             _log.debug("cannot write %s: %r", STATUS_FILE, exc)
+
+
+class ToTrainer:
+    """The pipe to the trainer: log records and status reports, one JSON object a line.
+
+    Never blocks: a trainer that does not read (suspended) costs it a status
+    report or a log line (kept in agent.log), never a stalled delivery.
+    Once the trainer is gone, `send` returns False.
+    """
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        if fd is not None:
+            os.set_blocking(fd, False)
+
+    def send(self, message: dict[str, Any]) -> bool:
+        data = json.dumps(message).encode() + b"\n"
+        with self._lock:
+            if self._fd is None:
+                return False
+            try:
+                os.write(self._fd, data)
+            except BlockingIOError:
+                return False
+            except OSError:  # EPIPE: the trainer is gone
+                self._fd = None
+                return False
+        return True
 
 
 class _ToTrainer(logging.Handler):
@@ -280,22 +310,17 @@ class _ToTrainer(logging.Handler):
     stderr instead, as ``tracelet: <message>``.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, pipe: ToTrainer) -> None:
         super().__init__()
-        self._fd: int | None = fd
+        self._pipe = pipe
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             msg = record.getMessage()
         except Exception:
             return
-        if self._fd is not None:
-            line = json.dumps({"name": record.name, "level": record.levelno, "msg": msg})
-            try:
-                os.write(self._fd, line.encode() + b"\n")
-                return
-            except OSError:
-                self._fd = None
+        if self._pipe.send({"name": record.name, "level": record.levelno, "msg": msg}):
+            return
         if record.levelno >= logging.WARNING:
             try:
                 sys.stderr.write(f"tracelet: {msg}\n")
@@ -304,12 +329,12 @@ class _ToTrainer(logging.Handler):
                 pass
 
 
-def _setup_logging(run_dir: Path, fd: int | None) -> logging.Logger:
+def _setup_logging(run_dir: Path, pipe: ToTrainer | None) -> logging.Logger:
     logger = logging.getLogger("tracelet")
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    if fd is not None:
-        logger.addHandler(_ToTrainer(fd))
+    if pipe is not None:
+        logger.addHandler(_ToTrainer(pipe))
     else:
         terminal = logging.StreamHandler(sys.stderr)
         terminal.setLevel(logging.WARNING)
@@ -328,7 +353,8 @@ def _setup_logging(run_dir: Path, fd: int | None) -> logging.Logger:
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     run_dir = Path(argv[0])
-    logger = _setup_logging(run_dir, int(argv[1]) if len(argv) > 1 else None)
+    pipe = ToTrainer(int(argv[1]) if len(argv) > 1 else None)
+    logger = _setup_logging(run_dir, pipe)
     line = sys.stdin.readline()
     try:
         hello = json.loads(line)["hello"]
@@ -343,7 +369,7 @@ def main(argv: list[str]) -> int:
     if hello.get("argv"):  # what an SDK records as the program is the training script
         sys.argv = [str(a) for a in hello["argv"]]
     try:
-        agent = Agent(run_dir, hello)
+        agent = Agent(run_dir, hello, pipe)
     except Exception as exc:
         _log.error("the delivery agent could not start: %s", _secrets.redact(brief(exc)))
         _log.debug("agent start", exc_info=exc)

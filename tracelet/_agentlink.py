@@ -61,6 +61,7 @@ class AgentLink:
         self.ended = False
         self._on_lost = on_lost
         self._status: dict[str, Any] = {}
+        self._piped = False  # a status report came through the pipe
         self._read_at = 0.0
         self._write_lock = threading.Lock()
         logs_in, logs_out = os.pipe()  # the agent's log records, for this process's logging
@@ -79,7 +80,7 @@ class AgentLink:
             os.close(logs_out)
         self._stdin = self.proc.stdin
         self._relay = threading.Thread(
-            target=_relay_logs, args=(logs_in,), name="tracelet-agent-logs", daemon=True
+            target=self._listen, args=(logs_in,), name="tracelet-agent-logs", daemon=True
         )
         self._relay.start()
         hello = {
@@ -126,8 +127,28 @@ class AgentLink:
             return str(status["error"])
         return f"exit code {self.proc.returncode}"
 
+    def _listen(self, fd: int) -> None:
+        """Take the agent's lines: status reports, and log records for this process's logging."""
+        with os.fdopen(fd, "rb") as lines:
+            for line in lines:
+                try:
+                    message = json.loads(line)
+                    if "status" in message:
+                        self._status, self._piped = message["status"], True
+                        continue
+                    logger = logging.getLogger(str(message["name"]))
+                    logger.log(int(message["level"]), "%s", message["msg"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+
     def status(self, fresh: bool = False) -> dict[str, Any]:
-        """What the agent last reported in agent.json (``{}`` before its first report)."""
+        """What the agent last reported (``{}`` before its first report).
+
+        Reports come through the pipe; agent.json, which the agent also
+        writes, is read when none came that way (an agent that died early).
+        """
+        if self._piped:
+            return self._status
         now = time.monotonic()
         if fresh or now - self._read_at >= _FRESH_FOR:
             self._read_at = now
@@ -279,19 +300,6 @@ def _agent_env() -> dict[str, str]:
     if root not in installed and root not in path.split(os.pathsep):
         env["PYTHONPATH"] = root + (os.pathsep + path if path else "")
     return env
-
-
-def _relay_logs(fd: int) -> None:
-    """Log here, through the application's logging, what the agent logged (a line each)."""
-    with os.fdopen(fd, "rb") as lines:
-        for line in lines:
-            try:
-                record = json.loads(line)
-                logging.getLogger(str(record["name"])).log(
-                    int(record["level"]), "%s", record["msg"]
-                )
-            except (ValueError, KeyError, TypeError):
-                continue
 
 
 def _reveal(options: BaseModel) -> dict[str, Any]:
