@@ -1,0 +1,38 @@
+"""Helpers for the framework-integration tests: runs read back, points compared."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+from tests._trackers import Stored, read_back
+from tracelet import TraceletSettings
+
+
+def quiet_settings(directory: Path) -> TraceletSettings:
+    """Only what the test logs (no system metrics, git or environment), journaled in `directory`."""
+    return TraceletSettings(
+        track_system=False, track_git=False, track_env=False, dir=directory / ".tracelet"
+    )
+
+
+def stored(run_dir: Path, backend: str = "mlflow") -> Stored:
+    """The run as `backend` holds it."""
+    return read_back(run_dir, backend)
+
+
+def points(series: Iterable[tuple[int, float]]) -> list[tuple[int, float]]:
+    """Points sorted by step then value, NaN last (MLflow returns them in its own order)."""
+    return sorted(series, key=lambda p: (p[0], math.isnan(p[1]), 0.0 if math.isnan(p[1]) else p[1]))
+
+
+def close(a: list[tuple[int, float]], b: list[tuple[int, float]], rel: float = 1e-6) -> bool:
+    """Same steps, values equal within `rel` (TensorBoard stores float32), NaN equal to NaN."""
+    return len(a) == len(b) and all(
+        sa == sb
+        and (
+            math.isclose(va, vb, rel_tol=rel, abs_tol=1e-12) or (math.isnan(va) and math.isnan(vb))
+        )
+        for (sa, va), (sb, vb) in zip(points(a), points(b), strict=True)
+    )
