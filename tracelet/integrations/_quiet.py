@@ -49,14 +49,15 @@ def _any_live() -> bool:
     return any(getattr(logger, "tracelet_live", True) for logger in list(live))
 
 
-#: (class, method name) → the original function, for every method wrapped.
+_INHERITED = object()  # the method was inherited: restoring it removes the wrapper
+#: (class, method name) → the original function (or _INHERITED), for every method wrapped.
 _wrapped: dict[tuple[type, str], Any] = {}
 
 
 def quiet_methods(cls: type, names: tuple[str, ...]) -> None:
     """Wrap `cls`'s methods `names`: while a tracelet logger is alive, they run `quiet`."""
     for name in names:
-        original = cls.__dict__.get(name)
+        original = getattr(cls, name, None)  # its own, or inherited (wrapped on `cls` alone)
         if original is None or (cls, name) in _wrapped:
             continue
 
@@ -70,12 +71,15 @@ def quiet_methods(cls: type, names: tuple[str, ...]) -> None:
 
             return wrapper
 
-        _wrapped[(cls, name)] = original
+        _wrapped[(cls, name)] = cls.__dict__.get(name, _INHERITED)
         setattr(cls, name, make(original))
 
 
 def restore() -> None:
     """Put back every method `quiet_methods` wrapped."""
     for (cls, name), original in list(_wrapped.items()):
-        setattr(cls, name, original)
+        if original is _INHERITED:
+            delattr(cls, name)
+        else:
+            setattr(cls, name, original)
         del _wrapped[(cls, name)]

@@ -95,6 +95,8 @@ class TraceletLogger(Logger):
     @rank_zero_experiment
     def experiment(self) -> Any:
         """The `tracelet.Experiment` this logger records into (started on first use)."""
+        if self._handle.owns:  # its own run, ended or not
+            return self._handle.current
         return self._handle.experiment()
 
     @property
