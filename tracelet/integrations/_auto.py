@@ -30,7 +30,8 @@ _HOOKS: dict[str, dict[str, Callable[[ModuleType], None]]] = {}
 _UNDO: dict[str, Callable[[], None]] = {}
 
 _lock = threading.RLock()
-_watched: dict[str, Callable[[ModuleType], None]] = {}
+#: module name → the hooks to run once it is imported (several settings may watch one module).
+_watched: dict[str, list[Callable[[ModuleType], None]]] = {}
 _finder: _PostImportFinder | None = None
 
 
@@ -71,8 +72,7 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
         path: Sequence[str] | None,
         target: ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
-        hook = _watched.get(fullname)
-        if hook is None:
+        if fullname not in _watched:
             return None
         for finder in sys.meta_path:  # the finders after this one find the module
             if finder is self or not hasattr(finder, "find_spec"):
@@ -117,13 +117,12 @@ class _Loader(importlib.abc.Loader):
 
 def _patch(name: str, module: ModuleType) -> None:
     with _lock:
-        hook = _watched.get(name)
-    if hook is None:
-        return
-    try:
-        hook(module)
-    except Exception as exc:  # a framework version we do not know: never break its import
-        _log.warning("tracelet could not hook into %s: %r", name, exc)
+        hooks = list(_watched.get(name, ()))
+    for hook in hooks:
+        try:
+            hook(module)
+        except Exception as exc:  # a framework version we do not know: never break its import
+            _log.warning("tracelet could not hook into %s: %r", name, exc)
 
 
 def install(settings: Any) -> None:
@@ -135,7 +134,8 @@ def install(settings: Any) -> None:
             if getattr(settings, setting, False):
                 if setting not in _HOOKS:
                     load()
-                _watched.update(_HOOKS[setting])
+                for name, hook in _HOOKS[setting].items():
+                    _watched.setdefault(name, []).append(hook)
         if not _watched:
             return
         for name in list(_watched):

@@ -104,6 +104,13 @@ class RunHandle:
             log_params(exp, params, self._warned_params)
 
 
+def _str_keys(params: Mapping[Any, Any]) -> dict[str, Any]:
+    """`params` with every key a string (a model config's ``id2label`` has int keys)."""
+    return {
+        str(k): _str_keys(v) if isinstance(v, Mapping) else v for k, v in params.items() if str(k)
+    }
+
+
 def log_params(exp: Any, params: Mapping[str, Any], warned: set[str]) -> None:
     """Log params; one logged before with another value is warned about once, not raised.
 
@@ -113,7 +120,7 @@ def log_params(exp: Any, params: Mapping[str, Any], warned: set[str]) -> None:
     """
     from tracelet._validate import flatten, same_param
 
-    flat = flatten(dict(params))
+    flat = flatten(_str_keys(params))
     known = exp.params
     changed = sorted(k for k, v in flat.items() if k in known and not same_param(known[k], v))
     try:
