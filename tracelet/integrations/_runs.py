@@ -52,6 +52,11 @@ class RunHandle:
         return self._exp
 
     @property
+    def started(self) -> bool:
+        """True once the handle logged (or was asked for its run)."""
+        return self._exp is not None
+
+    @property
     def owns(self) -> bool:
         """True when this handle started the run it logs into."""
         return self._owns
