@@ -151,3 +151,43 @@ def test_a_run_imports_no_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_run_handle_joins_owns_and_never_ends_a_joined_run() -> None:
+    from tracelet.integrations._runs import RunHandle
+
+    joined = RunHandle()
+    exp = tracelet.start_logging("owner", "t", backend="memory", settings=QUIET)
+    assert joined.experiment() is exp and not joined.owns and joined.live
+    joined.end()
+    assert exp.active  # left to its owner
+    exp.end()
+    assert joined.experiment() is None and not joined.live  # ended, none active: nothing
+
+    own = RunHandle(exp_name="own", backend="memory", settings=QUIET)
+    mine = own.experiment()
+    assert own.owns and mine.name == "own" and own.live
+    own.end("FAILED")
+    assert not mine.active and mine.report.status.value == "FAILED"
+    assert own.experiment() is None
+
+    alone = RunHandle()  # no run active at first use: starts one and owns it
+    started = alone.experiment(backend="memory", settings=QUIET)
+    assert alone.owns and started.active
+    alone.end()
+    assert not started.active
+
+
+def test_params_changed_by_a_framework_keep_the_first_value(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tracelet.integrations._runs import log_params
+
+    exp = tracelet.start_logging("p", "t", backend="memory", settings=QUIET)
+    warned: set[str] = set()
+    log_params(exp, {"lr": 0.1, "id2label": {0: "a", 1: "b"}}, warned)
+    log_params(exp, {"lr": 0.2, "depth": 3}, warned)
+    log_params(exp, {"lr": 0.3}, warned)
+    assert exp.params == {"lr": 0.1, "id2label/0": "a", "id2label/1": "b", "depth": 3}
+    assert warned == {"lr"}
+    assert sum("keeps the first value" in r.message for r in caplog.records) == 1

@@ -4,8 +4,9 @@ Given run arguments (``exp_name``, ``project``, ``backend``, ``config``,
 ``settings``), an integration starts its own run on first use and ends it
 when the framework says training is over. Given none, it logs into the
 active run and leaves ending it to whoever started it; with no active run
-then, it starts one itself (as MLflow's and W&B's framework loggers do) and
-owns it.
+at its first use, it starts one itself (as MLflow's and W&B's framework
+loggers do) and owns it. Once the run it joined has ended, it logs into
+the run active then, or, with none, records nothing (and says so once).
 """
 
 from __future__ import annotations
@@ -92,6 +93,15 @@ class RunHandle:
             if active is not None:
                 self._exp = active
                 return active
+            if self._exp is not None:  # the run it joined has ended, and none is active
+                if not self._warned_ended:
+                    self._warned_ended = True
+                    _log.warning(
+                        "run %r has ended and no run is active; what the framework logs "
+                        "now is not recorded (start a run with tracelet.start_logging)",
+                        self._exp.name,
+                    )
+                return None
         args = {k: (v if v is not None else defaults.get(k)) for k, v in self._args.items()}
         self._exp = tracelet.start_logging(**args)
         self._owns = True
