@@ -7,7 +7,8 @@ One small regression model is trained three times (same seed, same data):
 - joined run: ``TraceletLogger()`` inside ``tracelet.start_logging``, with a
   ``TensorBoardLogger``;
 - automatic: a plain ``Trainer()`` (its default ``TensorBoardLogger``) built
-  inside ``tracelet.start_logging``.
+  inside ``tracelet.start_logging``, with ``lightning.pytorch`` and with the
+  older ``pytorch_lightning``.
 
 TensorBoard capture is on in all three: each value must still reach tracelet
 once. What MLflow, W&B and ClearML stored is read back and compared with
@@ -32,9 +33,17 @@ pytestmark = pytest.mark.slow
 EPOCHS, BATCHES, EVERY = 3, 8, 2
 
 
-def make_module() -> Any:
-    import lightning.pytorch as pl
+def lightning_package(name: str) -> Any:
+    """``lightning.pytorch``, or the older package of the same code, ``pytorch_lightning``."""
+    import importlib
+
+    return importlib.import_module(name)
+
+
+def make_module(package: str = "lightning.pytorch") -> Any:
     import torch
+
+    pl = lightning_package(package)
 
     class Regressor(pl.LightningModule):
         def __init__(self, lr: float = 0.05, hidden: int = 4) -> None:
@@ -72,9 +81,8 @@ def data() -> tuple[Any, Any]:
     return DataLoader(ds, batch_size=4), DataLoader(ds, batch_size=16)
 
 
-def fit(root: Path, logger: Any) -> None:
-    import lightning.pytorch as pl
-
+def fit(root: Path, logger: Any, package: str = "lightning.pytorch") -> Any:
+    pl = lightning_package(package)
     pl.seed_everything(0, verbose=False)
     kwargs = {} if logger is None else {"logger": logger}
     trainer = pl.Trainer(
@@ -88,7 +96,7 @@ def fit(root: Path, logger: Any) -> None:
         **kwargs,
     )
     train, val = data()
-    trainer.fit(make_module(), train, val)
+    trainer.fit(make_module(package), train, val)
     return trainer
 
 
@@ -151,6 +159,15 @@ def trainings(
         out["auto_report"] = exp.end()
         out["auto"] = stored(exp.run_dir)
         out["auto_tb_files"] = list((tmp / "auto").rglob("events.out.tfevents.*"))
+        # 4. automatic, with the older package name
+        uri = mlflow_store(tmp / "pl.db")
+        exp = tracelet.start_logging(
+            "pl", "lightning", backend="mlflow", config={"tracking_uri": uri}, settings=settings
+        )
+        trainer = fit(tmp / "pl", None, package="pytorch_lightning")
+        out["pl_loggers"] = [type(lg).__name__ for lg in trainer.loggers]
+        out["pl_report"] = exp.end()
+        out["pl"] = stored(exp.run_dir)
         # after the run: a Trainer gets no TraceletLogger
         out["after_loggers"] = [type(lg).__name__ for lg in fit(tmp / "after", None).loggers]
     return out
@@ -180,7 +197,7 @@ def test_reference_logs_what_is_expected(trainings: dict[str, Any]) -> None:
     assert len(ref["val/loss"]) == EPOCHS and len(ref["train/loss_epoch_mean"]) == EPOCHS
 
 
-@pytest.mark.parametrize("mode", ["own", "joined", "auto"])
+@pytest.mark.parametrize("mode", ["own", "joined", "auto", "pl"])
 def test_mlflow_holds_what_mlflowlogger_recorded_once(trainings: dict[str, Any], mode: str) -> None:
     ref = unique(trainings["reference"].series)
     run = trainings[mode]["mlflow"] if mode == "own" else trainings[mode]
@@ -216,3 +233,4 @@ def test_automatic_logger_added_only_during_a_run(trainings: dict[str, Any]) -> 
     assert trainings["auto_loggers"] == ["TensorBoardLogger", "TraceletLogger"]
     assert trainings["auto_tb_files"]  # TensorBoard still wrote its event files
     assert trainings["after_loggers"] == ["TensorBoardLogger"]
+    assert trainings["pl_loggers"] == ["TensorBoardLogger", "TraceletLogger"]

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["is_quiet", "live", "quiet", "quiet_methods", "restore"]
+__all__ = ["enter", "is_quiet", "leave", "live", "quiet", "quiet_methods", "restore"]
 
 _local = threading.local()
 
@@ -33,6 +33,18 @@ live: weakref.WeakSet[Any] = weakref.WeakSet()
 def is_quiet() -> bool:
     """True inside `quiet` on this thread: TensorBoard capture records nothing."""
     return getattr(_local, "depth", 0) > 0
+
+
+def enter() -> int:
+    """Enter a quiet section on this thread; returns the depth before (0: the outermost)."""
+    depth: int = getattr(_local, "depth", 0)
+    _local.depth = depth + 1
+    return depth
+
+
+def leave() -> None:
+    """Leave the section `enter` entered."""
+    _local.depth -= 1
 
 
 @contextmanager

@@ -34,6 +34,7 @@ from types import ModuleType
 from typing import Any
 
 from tracelet.integrations import _quiet, _runs
+from tracelet.interface import get_active_experiment
 
 __all__ = ["HOOKS", "patch_writer", "unpatch"]
 
@@ -44,25 +45,11 @@ _originals: dict[tuple[type, str], Any] = {}
 _warned: set[str] = set()
 
 
-def _active() -> Any:
-    if _quiet.is_quiet():
-        return None
-    from tracelet import get_active_experiment
-
-    return get_active_experiment()
-
-
-def _record(what: str, fn: Callable[[Any], None]) -> None:
-    """Record through `fn(experiment)`; a value tracelet refuses is warned about, not raised."""
-    exp = _active()
-    if exp is None:
-        return
-    try:
-        fn(exp)
-    except Exception as exc:
-        if what not in _warned:
-            _warned.add(what)
-            _log.warning("tracelet did not record TensorBoard %s: %s", what, exc)
+def _warn(what: str, exc: Exception) -> None:
+    """A value tracelet refuses is left to TensorBoard, with one warning per tag; never raised."""
+    if what not in _warned:
+        _warned.add(what)
+        _log.warning("tracelet did not record TensorBoard %s: %s", what, exc)
 
 
 def _step(step: Any) -> int | None:
@@ -70,19 +57,40 @@ def _step(step: Any) -> int | None:
 
 
 def _add_scalar(original: Callable[..., Any]) -> Callable[..., Any]:
+    # The hot one (called every step): no context manager, no closure, nothing
+    # built unless a run is active.
     @functools.wraps(original)
     def add_scalar(
         self: Any, tag: str, scalar_value: Any, global_step: Any = None, *args: Any, **kw: Any
     ) -> Any:
-        with _quiet.quiet():  # whatever it calls inside is this one write
+        outer = _quiet.enter() == 0  # whatever it calls inside is this one write
+        try:
             result = original(self, tag, scalar_value, global_step, *args, **kw)
-        _record(
-            f"scalar {tag!r}",
-            lambda exp: exp.log_metric(tag, scalar_value, _step(global_step)),
-        )
+        finally:
+            _quiet.leave()
+        if outer:
+            exp = get_active_experiment()
+            if exp is not None:
+                try:
+                    exp.log_metric(tag, scalar_value, _step(global_step))
+                except Exception as exc:
+                    _warn(f"scalar {tag!r}", exc)
         return result
 
     return add_scalar
+
+
+def _record(what: str, fn: Callable[[Any], None]) -> None:
+    """Record through `fn(experiment)` when a run is active and no outer call records."""
+    if _quiet.is_quiet():
+        return
+    exp = get_active_experiment()
+    if exp is None:
+        return
+    try:
+        fn(exp)
+    except Exception as exc:
+        _warn(what, exc)
 
 
 def _add_scalars(original: Callable[..., Any]) -> Callable[..., Any]:
