@@ -234,3 +234,52 @@ def test_automatic_logger_added_only_during_a_run(trainings: dict[str, Any]) -> 
     assert trainings["auto_tb_files"]  # TensorBoard still wrote its event files
     assert trainings["after_loggers"] == ["TensorBoardLogger"]
     assert trainings["pl_loggers"] == ["TensorBoardLogger", "TraceletLogger"]
+
+
+def test_own_run_of_a_failed_training_ends_failed(tmp_path: Path) -> None:
+    import lightning.pytorch as pl
+
+    from tracelet.integrations.lightning import TraceletLogger
+    from tracelet.testing import InMemoryExporter
+
+    class Failing(type(make_module())):  # type: ignore[misc]
+        def training_step(self, batch: Any, index: int) -> Any:
+            if self.global_step == 3:
+                raise RuntimeError("diverged")
+            return super().training_step(batch, index)
+
+    logger = TraceletLogger(exp_name="fails", backend="memory", settings=quiet_settings(tmp_path))
+    trainer = pl.Trainer(
+        default_root_dir=str(tmp_path),
+        max_epochs=1,
+        log_every_n_steps=1,
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    train, _ = data()
+    with pytest.raises(RuntimeError, match="diverged"):
+        trainer.fit(Failing(), train)
+    exp = logger.experiment
+    assert exp.report.status.value == "FAILED" and exp.report.complete
+    run = InMemoryExporter.runs[exp.run_id]
+    assert [p.step for p in run.metrics if p.name == "train/loss"] == [0, 1, 2]
+
+
+def test_only_rank_zero_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from tests._helpers import QUIET
+    from tracelet.integrations.lightning import TraceletLogger
+
+    exp = tracelet.start_logging("ranks", "t", backend="memory", settings=QUIET)
+    logger = TraceletLogger()
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    logger.log_hyperparams({"lr": 0.1})
+    logger.log_metrics({"loss": 1.0}, 0)
+    assert exp.params == {} and exp.step is None
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    logger.log_metrics({"loss": 1.0, "epoch": 0}, 0)
+    logger.log_metrics({"val": 2.0, "epoch": 0}, 0)  # epoch again at this step: once
+    assert exp.step == 0 and exp._run.points == 3

@@ -237,3 +237,21 @@ def test_report_to_tracelet_during_a_run_records_once(trainings: dict[str, Any])
         if name.startswith(("train/", "eval/")) and not name.endswith(("runtime", "per_second")):
             assert close(pts, explicit[name], rel=1e-4), name
     assert trainings["registered_after_run"] is False
+
+
+def test_only_world_process_zero_records(tmp_path: Path) -> None:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from tests._helpers import QUIET
+    from tracelet.integrations.transformers import TraceletCallback
+
+    exp = tracelet.start_logging("ranks", "t", backend="memory", settings=QUIET)
+    callback = TraceletCallback()
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[])
+    state = TrainerState(global_step=5, is_world_process_zero=False)
+    callback.on_train_begin(args, state, TrainerControl())
+    callback.on_log(args, state, TrainerControl(), logs={"loss": 1.0})
+    assert exp.params == {} and exp.step is None
+    state.is_world_process_zero = True
+    callback.on_log(args, state, TrainerControl(), logs={"loss": 1.0, "note": "text"})
+    assert exp.step == 5 and exp._run.points == 1

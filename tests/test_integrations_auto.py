@@ -191,3 +191,10 @@ def test_params_changed_by_a_framework_keep_the_first_value(
     assert exp.params == {"lr": 0.1, "id2label/0": "a", "id2label/1": "b", "depth": 3}
     assert warned == {"lr"}
     assert sum("keeps the first value" in r.message for r in caplog.records) == 1
+
+
+def test_module_imported_during_the_run_keeps_its_own_loader(fake_writer: str) -> None:
+    tracelet.start_logging("auto", "t", backend="memory", settings=QUIET)
+    module = __import__(fake_writer)
+    assert type(module.__loader__).__name__ == "SourceFileLoader"
+    assert module.__spec__.loader is module.__loader__

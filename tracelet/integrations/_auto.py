@@ -88,6 +88,10 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
         exec_module = loader.exec_module
 
         def exec_then_patch(module: ModuleType) -> None:
+            # The module keeps its own loader: nothing of the finder stays behind.
+            module.__loader__ = loader
+            if module.__spec__ is not None:
+                module.__spec__.loader = loader
             exec_module(module)
             _patch(fullname, module)
 
