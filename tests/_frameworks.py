@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests._trackers import Stored, read_back
@@ -36,3 +37,26 @@ def close(a: list[tuple[int, float]], b: list[tuple[int, float]], rel: float = 1
         )
         for (sa, va), (sb, vb) in zip(points(a), points(b), strict=True)
     )
+
+
+@contextmanager
+def mlflow_process_state() -> Iterator[None]:
+    """Put MLflow's process-wide (fluent) choices back after a framework's own MLflow logger.
+
+    Lightning's ``MLFlowLogger`` calls ``mlflow.set_tracking_uri``, and
+    transformers' ``MLflowCallback`` works through MLflow's active run and
+    experiment (``evaluate()`` after ``train()`` leaves a run open): without
+    this, a later test's fluent MLflow calls would land in this test's store.
+    """
+    import mlflow
+    import mlflow.tracking.fluent as fluent
+    from mlflow.tracking._tracking_service import utils
+
+    uri = utils._tracking_uri
+    try:
+        yield
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(uri)  # type: ignore[arg-type]  # None: back to the default
+        fluent._active_experiment_id = None

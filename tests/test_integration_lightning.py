@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import tracelet
-from tests._frameworks import close, points, quiet_settings, stored
+from tests._frameworks import close, mlflow_process_state, points, quiet_settings, stored
 from tests._trackers import Stored, wandb_written
 from tracelet.testing import offline_env
 
@@ -110,7 +110,7 @@ def trainings(
 
     tmp = tmp_path_factory.mktemp("lightning")
     out: dict[str, Any] = {}
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, mlflow_process_state():
         for key, value in offline_env(tmp).items():
             mp.setenv(key, value)
         for key in ("CLEARML_PROC_MASTER_ID", "TRAINS_PROC_MASTER_ID"):

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import tracelet
-from tests._frameworks import close, points, quiet_settings, stored
+from tests._frameworks import close, mlflow_process_state, points, quiet_settings, stored
 from tests._trackers import Stored, wandb_written
 from tracelet.testing import offline_env
 
@@ -117,11 +117,18 @@ def trainings(
         ref_uri = mlflow_store(tmp / "reference.db")
         mp.setenv("MLFLOW_TRACKING_URI", ref_uri)
         mp.setenv("MLFLOW_EXPERIMENT_NAME", "reference")
+        for key in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):  # MLflowCallback sets them
+            mp.setenv(key, "")  # so that leaving the context removes them again
+            mp.delenv(key)
         mp.chdir(tmp)
-        try:
-            train_both(tmp, out, ref_uri, mlflow_store)
-        finally:  # a failed training leaves no run to end after the environment is restored
-            tracelet.stop_logging()
+        with mlflow_process_state():
+            import mlflow
+
+            mlflow.set_tracking_uri(ref_uri)  # MLflowCallback's store, whatever ran before
+            try:
+                train_both(tmp, out, ref_uri, mlflow_store)
+            finally:  # a failed training leaves no run to end after the environment is restored
+                tracelet.stop_logging()
     return out
 
 
