@@ -198,3 +198,17 @@ def test_module_imported_during_the_run_keeps_its_own_loader(fake_writer: str) -
     module = __import__(fake_writer)
     assert type(module.__loader__).__name__ == "SourceFileLoader"
     assert module.__spec__.loader is module.__loader__
+
+
+def test_a_value_tracelet_refuses_is_left_to_tensorboard(
+    fake_writer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    exp = tracelet.start_logging("auto", "t", backend="memory", settings=QUIET)
+    w = __import__(fake_writer).SummaryWriter()
+    w.add_scalar("bad", "not a number", 0)
+    w.add_scalar("bad", "still not", 1)
+    w.add_scalar("good", 1.0, 0)
+    exp.end()
+    assert history(exp) == [("good", 0, 1.0)]
+    assert [e[0] for e in w.events] == ["bad", "bad", "good"]
+    assert sum("did not record TensorBoard scalar 'bad'" in r.message for r in caplog.records) == 1

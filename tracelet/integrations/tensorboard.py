@@ -43,6 +43,7 @@ _lock = threading.Lock()
 #: (class, method) → the original function.
 _originals: dict[tuple[type, str], Any] = {}
 _warned: set[str] = set()
+_warned_params: set[str] = set()
 
 
 def _warn(what: str, exc: Exception) -> None:
@@ -146,7 +147,7 @@ def _add_hparams(original: Callable[..., Any]) -> Callable[..., Any]:
 
         def record(exp: Any) -> None:
             params = {k: _plain(v) for k, v in hparam_dict.items()}
-            _runs.log_params(exp, params, _warned)
+            _runs.log_params(exp, params, _warned_params)
             if metric_dict:
                 exp.log_metrics(dict(metric_dict), _step(step))
 
