@@ -60,3 +60,17 @@ def mlflow_process_state() -> Iterator[None]:
             mlflow.end_run()
         mlflow.set_tracking_uri(uri)  # type: ignore[arg-type]  # None: back to the default
         fluent._active_experiment_id = None
+
+
+def event_scalars(logdir: Path) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """Every scalar in the event files under `logdir`: (sub-directory, tag) → points."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for directory in sorted({p.parent for p in logdir.rglob("events.out.tfevents.*")}):
+        acc = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            key = (str(directory.relative_to(logdir)), tag)
+            found.setdefault(key, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return found

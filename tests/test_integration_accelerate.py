@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import tracelet
-from tests._frameworks import quiet_settings, stored
+from tests._frameworks import event_scalars, quiet_settings, stored
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,6 @@ def training(
     import torch
     from accelerate import Accelerator
 
-    from tests.test_integration_tensorboard import event_scalars
     from tracelet.integrations.accelerate import TraceletTracker
 
     tmp = tmp_path_factory.mktemp("accelerate")

@@ -17,26 +17,12 @@ from typing import Any
 import pytest
 
 import tracelet
-from tests._frameworks import close, quiet_settings, stored
+from tests._frameworks import close, event_scalars, quiet_settings, stored
 from tests._trackers import Stored
 
 pytestmark = pytest.mark.slow
 
 STEPS = 40
-
-
-def event_scalars(logdir: Path) -> dict[tuple[str, str], list[tuple[int, float]]]:
-    """Every scalar in the event files under `logdir`: (sub-directory, tag) → points."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    found: dict[tuple[str, str], list[tuple[int, float]]] = {}
-    for directory in sorted({p.parent for p in logdir.rglob("events.out.tfevents.*")}):
-        acc = EventAccumulator(str(directory), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            key = (str(directory.relative_to(logdir)), tag)
-            found.setdefault(key, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -154,8 +154,8 @@ def train_both(
     exp = callback.experiment
     out["explicit_global_step"] = trainer.state.global_step
     out["explicit_active_after_evaluate"] = exp.active
-    report = tracelet.stop_logging() or exp.report
-    out["explicit_report"] = report
+    tracelet.stop_logging()  # the run the callback started stays open until then
+    out["explicit_report"] = exp.report
     out["explicit"] = {b: stored(exp.run_dir, b) for b in ("mlflow", "clearml")}
     wandb_written()
     out["explicit"]["wandb"] = stored(exp.run_dir, "wandb")
