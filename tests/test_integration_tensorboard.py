@@ -124,3 +124,37 @@ def test_patch_removed_at_the_end(training: dict[str, Any]) -> None:
     for cls in (tw.SummaryWriter, tensorboardX.writer.SummaryWriter):
         for name in ("add_scalar", "add_scalars", "add_hparams"):
             assert getattr(cls, name).__qualname__ == f"{cls.__name__}.{name}"
+
+
+def test_summarywriter_imported_during_the_run_is_captured(tmp_path: Path) -> None:
+    """A fresh process: torch's SummaryWriter is first imported after start_logging."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import tracelet
+        from tracelet import TraceletSettings
+        from tracelet.testing import InMemoryExporter
+
+        settings = TraceletSettings(track_system=False, track_git=False, track_env=False)
+        exp = tracelet.start_logging("late", "t", backend="memory", settings=settings)
+        assert "torch" not in sys.modules
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter({str(tmp_path / "tb")!r})
+        for step in range(5):
+            writer.add_scalar("loss", 1.0 / (step + 1), step)
+        writer.close()
+        exp.end()
+        run = InMemoryExporter.runs[exp.run_id]
+        print(sorted((p.step, p.value) for p in run.metrics))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == str([(s, 1.0 / (s + 1)) for s in range(5)])
