@@ -25,6 +25,7 @@ from tracelet._otel import Telemetry
 from tracelet._run import BackendReport, Run, RunReport, RunState
 from tracelet._tracing import SpanScope
 from tracelet.export import RunStatus
+from tracelet.integrations import _auto
 
 __all__ = ["BackendReport", "Experiment", "RunReport"]
 
@@ -201,6 +202,8 @@ class Experiment:
         """
         report = self._run.end(RunStatus(status))
         _deactivate(self)
+        if _active is None:  # the framework capture of the run ends with it
+            _auto.uninstall()
         _lifecycle.after_end()  # a SIGTERM that arrived while this thread was ending the run
         return report
 

@@ -23,6 +23,7 @@ from tracelet import _experiment, _lifecycle, _logs, _registry, _secrets
 from tracelet._experiment import Experiment
 from tracelet._run import Run
 from tracelet.export import RunStatus
+from tracelet.integrations import _auto
 from tracelet.settings import TraceletSettings
 
 __all__ = ["get_active_experiment", "start_logging", "stop_logging"]
@@ -91,6 +92,7 @@ def start_logging(
         exp = Experiment(Run(resolved, classes, options, on_started=_exit_hook_first))
         _experiment.activate(exp)
         _install_hooks()
+        _auto.install(resolved)  # framework capture (TensorBoard, Lightning, ...) for this run
     if resolved.handle_signals:
         _lifecycle.install_signal_handlers(_end_on_signal)
     _secrets.install_log_filter()  # also on "tracelet.*" loggers created since the last run

@@ -81,6 +81,20 @@ class TraceletSettings(BaseSettings):
         default=True,
         description="On SIGTERM, end the run (KILLED) before the process terminates.",
     )
+    track_tensorboard: bool = Field(
+        default=True,
+        description="While the run is active, record SummaryWriter scalars, scalar groups "
+        "and hparams (torch.utils.tensorboard and tensorboardX).",
+    )
+    track_lightning: bool = Field(
+        default=True,
+        description="Add a TraceletLogger to each Lightning Trainer built while the run is active.",
+    )
+    track_transformers: bool = Field(
+        default=True,
+        description='Make report_to="tracelet" name TraceletCallback in Hugging Face '
+        "TrainingArguments while the run is active.",
+    )
 
     delivery: Literal["agent", "thread"] = Field(
         default="agent",
