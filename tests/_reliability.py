@@ -84,6 +84,19 @@ def run_cli(
     )
 
 
+def kill_node(proc: subprocess.Popen[str], run_dir: Path) -> None:
+    """SIGKILL the trainer and its delivery agent, as when their node is lost."""
+    import signal
+
+    agent = json.loads((run_dir / "agent.json").read_text())["pid"]
+    proc.kill()
+    try:
+        os.kill(agent, signal.SIGKILL)
+    except ProcessLookupError:  # it was done already
+        pass
+    proc.communicate()
+
+
 def run_dirs(root: Path) -> list[Path]:
     return sorted(p.parent for p in (root / ".tracelet" / "runs").glob("*/run.json"))
 

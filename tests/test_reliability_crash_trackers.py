@@ -1,4 +1,5 @@
-"""kill -9 with MLflow, W&B and ClearML at once, then `tracelet sync`: each tracker resumes its run.
+"""kill -9 of the trainer and its delivery agent (the node lost) with MLflow, W&B and
+ClearML at once, then `tracelet sync`: each tracker resumes its run.
 
 Each tracker run is reopened from the resume state its exporter returned
 (``RunInfo.resume``) and receives, from the durable cursor on, what it had not
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests._helpers import wait_for
-from tests._reliability import run_cli, spawn
+from tests._reliability import kill_node, run_cli, spawn
 from tracelet._journal import count_points
 
 CHILD = """
@@ -73,8 +74,7 @@ def crashed(
     # The loop runs on past the mark: points in flight at the kill.
     journal = run_dir / "journal.jsonl"
     wait_for(lambda: count_points(journal) > 20_000, 120, "journal writes past the mark")
-    proc.kill()
-    proc.communicate()
+    kill_node(proc, run_dir)
     assert proc.returncode == -signal.SIGKILL
     states = {
         b: json.loads((run_dir / f"{b}.state.json").read_text())
