@@ -16,7 +16,7 @@ T = TypeVar("T")
 QUIET = TraceletSettings(track_system=False, track_git=False, track_env=False)
 #: Tracker I/O on threads of this process instead of the delivery agent: for tests
 #: that look at a tracker SDK or an exporter object inside the test process.
-IN_PROCESS = TraceletSettings(delivery="thread")
+IN_PROCESS = QUIET.model_copy(update={"delivery": "thread"})
 
 
 def wait_for(

@@ -182,7 +182,10 @@ with tracelet.start_logging("skinny", "small", config={"mlflow": {"tracking_uri"
         exp.log_metric("loss", 1 / (step + 1), iteration=step)
 from mlflow import MlflowClient
 client = MlflowClient(uri)
-run = client.get_run(exp._deliveries[0].exporter.run_id)
+[run] = client.search_runs(
+    [client.get_experiment_by_name("small").experiment_id],
+    filter_string=f"tags.`tracelet.run_id` = '{exp.run_id}'",
+)
 steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
 print(json.dumps({"report": exp.report.complete, "status": run.info.status,
                   "params": run.data.params, "steps": sorted(steps)}))

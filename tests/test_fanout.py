@@ -2,7 +2,9 @@
 
 Delivery is proven by reading the real backends back (MLflow's sqlite store,
 W&B's .wandb file, ClearML's offline session). Faults are injected by making
-one SDK call raise (monkeypatch) or by a fake exporter that stalls.
+one SDK call raise (monkeypatch) or by a fake exporter that stalls, in this
+process: the backends run on delivery threads here (``delivery="thread"``), the
+same deliveries the delivery agent runs in its own process.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ CLOSE_TIMEOUT = 8
 
 
 def settings(**kw: Any) -> TraceletSettings:
-    return TraceletSettings(track_system=False, track_git=False, track_env=False, **kw)
+    return TraceletSettings(
+        track_system=False, track_git=False, track_env=False, delivery="thread", **kw
+    )
 
 
 def log_run(exp: tracelet.Experiment, n: int) -> dict[str, list[tuple[int, float]]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import tracelet
-from tests._helpers import QUIET, wait_for
+from tests._helpers import IN_PROCESS, QUIET, wait_for
 from tests._reliability import assert_exactly_once, mlflow_history, mlflow_run
 from tests._servers import MlflowServer
 from tracelet.export import Batch, ExportResult
@@ -122,7 +122,7 @@ def test_a_batch_retried_after_it_was_applied_is_not_duplicated(
         "reliability",
         backend="mlflow",
         config={"tracking_uri": server.url},
-        settings=QUIET,
+        settings=IN_PROCESS,
     )
     for i in range(5000):
         exp.log_metric("m", i * 0.5, iteration=i)
@@ -146,7 +146,7 @@ def test_mlflows_own_http_retries_are_bounded_for_tracelets_client_only(
         "reliability",
         backend="mlflow",
         config={"tracking_uri": server.url, "http_timeout": 2},
-        settings=QUIET,
+        settings=IN_PROCESS,
     )
     [delivery] = exp._deliveries
     wait_for(lambda: delivery.started, 120, "the MLflow run started")
