@@ -187,6 +187,18 @@ class Agent:
                 last_report = time.monotonic()
             self._wake.wait(FOLLOW_EVERY)
         status = self.status
+        if status is None and not self.trainer_gone:
+            # Signalled while the trainer lives on and has not ended the run: leave the
+            # tracker runs open; the trainer delivers the rest itself (it notices this
+            # exit) or, should it die too, tracelet sync does.
+            _log.warning(
+                "the delivery agent of run %s stops before the run ended; the training "
+                "process takes over its delivery",
+                self.run.get("run_id"),
+            )
+            self.state = "stopped"
+            self.report()
+            return 3
         if status is None:
             status = RunStatus.KILLED
             _log.warning(
