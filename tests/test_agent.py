@@ -337,3 +337,26 @@ def test_the_agent_gets_secrets_through_its_pipe_and_no_file_holds_them(
     for path in exp.run_dir.rglob("*"):
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
+
+
+def test_without_waiting_the_run_returns_at_once_and_the_agent_finishes_it(
+    mlflow_uri: str,
+) -> None:
+    import tracelet
+    from tests._helpers import QUIET
+
+    settings = QUIET.model_copy(update={"wait_for_delivery": False})
+    with tracelet.start_logging(
+        "no-wait", "agent", backend="mlflow", config={"tracking_uri": mlflow_uri}, settings=settings
+    ) as exp:
+        for i in range(5000):
+            exp.log_metric("loss", float(i), iteration=i)
+    report = exp.report
+    assert report is not None and report.background and not report.complete
+    status = agent_done(exp.run_dir, timeout=300)
+    assert status["backends"]["mlflow"]["delivered"] == 5000
+    run = mlflow_run(mlflow_uri, exp.run_id)
+    assert run.info.status == "FINISHED"
+    steps = [s for s, _, _ in mlflow_history(mlflow_uri, run.info.run_id, "loss")]
+    assert_exactly_once(steps, range(5000), "loss")
+    assert read_json(exp.run_dir / "run.json")["complete"] is True
