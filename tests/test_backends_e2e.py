@@ -151,7 +151,13 @@ def test_sdk_exit_hooks_do_not_cut_the_run_short(
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(CHILD))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACELET_")}
-    env.update(TRACELET_TRACK_SYSTEM="false", PYTHONPATH=str(Path(__file__).parents[1]))
+    # The SDKs' exit hooks are in the training process only with delivery="thread"
+    # (the delivery agent runs them in a process of its own, ended by tracelet).
+    env.update(
+        TRACELET_TRACK_SYSTEM="false",
+        TRACELET_DELIVERY="thread",
+        PYTHONPATH=str(Path(__file__).parents[1]),
+    )
     proc = subprocess.run(
         [sys.executable, str(script), when, how],
         cwd=tmp_path,
