@@ -102,7 +102,8 @@ class Delivery:
         self._secrets: list[str] | None = None  # masked in the saved resume state
         self._save_failed = False
         # Opened now, not by path later: a deleted run directory leaves it readable.
-        self._journal = history.path.open("rb")
+        opener = getattr(history, "open_reader", None)
+        self._journal = opener() if opener is not None else history.path.open("rb")
         self._thread = threading.Thread(
             target=self._run, name=f"tracelet-export-{backend}", daemon=True
         )

@@ -42,6 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from tracelet._journal import Record, encode_frames
 
@@ -89,9 +90,28 @@ class History:
         self._stop = False
         self._closed = False
         self._fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # Kept for readers made later (delivery from this process after the agent
+        # stopped): they can open the journal even once its directory is deleted.
+        self._read_fd = os.open(journal, os.O_RDONLY)
         self.committed = os.fstat(self._fd).st_size  # bytes of whole frames on disk
         self._thread = threading.Thread(target=self._run, name="tracelet-journal", daemon=True)
         self._thread.start()
+
+    def open_reader(self) -> BinaryIO:
+        """A new reader of the journal, with its own offset; works after an unlink too."""
+        try:
+            return self.path.open("rb")
+        except FileNotFoundError:  # the run directory was deleted: reopen the inode we hold
+            proc = Path(f"/proc/self/fd/{self._read_fd}")
+            if proc.exists():
+                return proc.open("rb")
+            return os.fdopen(os.dup(self._read_fd), "rb")  # shares the offset: one reader
+
+    def close_reader(self) -> None:
+        """Let go of the descriptor `open_reader` falls back on (the run has ended)."""
+        fd, self._read_fd = self._read_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     @property
     def backlog(self) -> int:
@@ -213,10 +233,12 @@ class History:
         self.queue = deque()
         self._room = threading.Condition()
         self.written = threading.Condition()
-        try:
-            os.close(self._fd)
-        except OSError:
-            pass
+        for fd in (self._fd, self._read_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._read_fd = -1
 
     def _check_deleted(self) -> None:
         """Notice (once) that the journal was unlinked, e.g. its run directory removed."""

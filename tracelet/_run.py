@@ -417,6 +417,7 @@ class Run:
             self.report = self._make_report(status, background)
             self._ender = None
             self._record_end(self.report)
+            self.history.close_reader()
             self.state = RunState.ENDED
         self._log_report(self.report)
         if self.report.complete and not self._keep_journal:
