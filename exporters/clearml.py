@@ -141,7 +141,10 @@ class ClearMLExporter(TrackerExporter):
             self._master_env = {k: os.environ.get(k) for k in _MASTER_ENV}
             self._task = Task.init(
                 project_name=run.project,
-                task_name=run.name,
+                # All-ranks mode: under torchrun, ClearML itself makes local ranks > 0
+                # report into local rank 0's task (its torch-distributed anchor);
+                # ranks started otherwise (srun, mpirun) each get a task of their own.
+                task_name=run.name if not run.rank else f"{run.name} rank{run.rank}",
                 task_type=Task.TaskTypes(cfg.task_type),
                 tags=self._tags.labels or None,
                 reuse_last_task_id=cfg.reuse_last_task_id,

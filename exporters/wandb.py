@@ -94,6 +94,10 @@ class WandbExporter(TrackerExporter):
         cfg = self.config
         previous = run.resume or {}
         run_id = previous.get("run_id") or cfg.id or run.run_id
+        if run.rank and not previous.get("run_id"):
+            # All-ranks mode: W&B runs take one writer each (offline, a run is a
+            # file), so each rank writes its own run, grouped under the job.
+            run_id = f"{run_id}-rank{run.rank}"
         if cfg.dir is not None:
             Path(cfg.dir).mkdir(parents=True, exist_ok=True)
         # tracelet's run must not finish, or be returned instead of, a run the
@@ -103,10 +107,10 @@ class WandbExporter(TrackerExporter):
         self._run = wandb.init(
             project=previous.get("project") or run.project,
             entity=previous.get("entity") or cfg.entity,
-            name=run.name,
+            name=run.name if not run.rank else f"{run.name} rank{run.rank}",
             id=run_id,
-            resume="allow" if previous else cfg.resume,
-            group=cfg.group,
+            resume="allow" if previous or run.attach != "new" else cfg.resume,
+            group=cfg.group or (run.run_id if run.rank is not None else None),
             job_type=cfg.job_type,
             notes=cfg.notes,
             tags=self._tags.labels or None,
