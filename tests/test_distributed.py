@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests._distributed import finish, reports, torchrun
-from tests._otlp_receiver import OTLPReceiver
+from tests._otlp_receiver import OTLPReceiver, attributes
 from tests._reliability import assert_exactly_once, mlflow_history, mlflow_run
 from tracelet.testing import offline_env, read_clearml_session, read_wandb_run
 
@@ -48,6 +48,15 @@ def _launch(
     [run_id] = run_ids
     assert seen == {(run_id, rank) for rank in range(RANKS)}
     assert len({r["service.instance.id"] for r in resources}) == RANKS
+    # ... and every rank's OTel side has the latest value of what it logged.
+    names: dict[int, set[str]] = {}
+    for request in receiver.of("metrics"):
+        for rm in request.message.resource_metrics:
+            rank = attributes(rm.resource.attributes)["tracelet.rank"]
+            names.setdefault(rank, set()).update(
+                m.name for sm in rm.scope_metrics for m in sm.metrics
+            )
+    assert all({"loss", "rank_sum"} <= names[rank] for rank in range(RANKS)), names
     return got
 
 

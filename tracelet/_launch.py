@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -225,3 +225,28 @@ def rank_batch(batch: Batch, rank: int) -> Batch:
     if rank == 0:
         return Batch(metrics, batch.params, batch.tags)
     return Batch(metrics)
+
+
+class NamesOnly:
+    """The history queue of a rank that writes no tracker: nothing is kept or journaled.
+
+    `tracelet._run.Run.put` appends to it as to the real queue (one door for
+    every rank); a metric name seen for the first time is handed to
+    `on_names` (the run's OTel gauges), as the journal thread does on a rank
+    that journals. Its length is always 0, so producers never wake or wait
+    for a journal writer.
+    """
+
+    __slots__ = ("_names", "_on_names")
+
+    def __init__(self, on_names: Callable[[set[str]], None]) -> None:
+        self._names: set[str] = set()
+        self._on_names = on_names
+
+    def append(self, record: tuple[Any, ...]) -> None:
+        if len(record) == 4 and record[0] not in self._names:
+            self._names.add(record[0])
+            self._on_names({record[0]})
+
+    def __len__(self) -> int:
+        return 0

@@ -30,7 +30,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,8 +203,11 @@ class Run:
         ]
         if previous is not None:
             _resume.restore(previous, self.history, self.deliveries)
-        # No tracker to feed (a rank that writes none): nothing is journaled.
-        self._queue = self.history.queue if self.deliveries else deque(maxlen=0)
+        # No tracker to feed (a rank that writes none): nothing is journaled;
+        # the metrics' names still get their OTel gauges.
+        self._queue: Any = (
+            self.history.queue if self.deliveries else _launch.NamesOnly(self._new_names)
+        )
         self.telemetry = Telemetry(
             {
                 **resource_attributes(self.run_id, self.project, self.name),
