@@ -192,7 +192,10 @@ class WandbExporter(TrackerExporter):
         SIGKILL right after 200 rows left 125 in the file). So the durable
         cursor passes rows only once the file shows them.
         """
-        if getattr(self, "_run", None) is None or self._on_disk >= self._next_step:
+        run = getattr(self, "_run", None)
+        if run is None or self._on_disk >= self._next_step:
+            return True
+        if getattr(run.settings, "x_skip_transaction_log", False):  # online, no file to check
             return True
         deadline = time.monotonic() + timeout_millis / 1000
         while True:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import tracelet
-from tests._helpers import QUIET
+from tests._helpers import QUIET, wait_for
 from tests._reliability import mlflow_history, mlflow_run
 from tracelet import _launch, _rundir
 from tracelet.testing import InMemoryExporter, capture_telemetry
@@ -102,3 +102,30 @@ def test_a_run_still_owned_is_not_taken_over(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(TraceletError, match="still owned by process"):
         _resume.open_previous(Path(".tracelet"), "busy", 0, wait=0.2)
     exp.end()
+
+
+def test_a_run_ended_killed_is_running_again_and_ends_finished(mlflow_uri: str) -> None:
+    from mlflow import MlflowClient
+
+    statuses = []
+    for part, status in enumerate(("KILLED", "FINISHED")):
+        exp = tracelet.start_logging(
+            "job",
+            "p",
+            backend="mlflow",
+            config={"tracking_uri": mlflow_uri},
+            settings=QUIET,
+            run_id="pre-empted",
+        )
+        exp.log_metric("loss", 1.0, iteration=part)
+        if part == 1:  # continued: the MLflow run is RUNNING again
+            run_id = mlflow_run(mlflow_uri, "pre-empted").info.run_id
+            client = MlflowClient(mlflow_uri)
+            wait_for(
+                lambda: client.get_run(run_id).info.status == "RUNNING",  # noqa: B023
+                what="the continued MLflow run RUNNING",
+            )
+            statuses.append("RUNNING")
+        exp.end(status)
+        statuses.append(mlflow_run(mlflow_uri, "pre-empted").info.status)
+    assert statuses == ["KILLED", "RUNNING", "FINISHED"]

@@ -72,7 +72,10 @@ class Previous:
 def find_run_dirs(base: Path, run_id: str, rank: int) -> list[Path]:
     """The run directories under `base` of run `run_id` at `rank`, oldest first."""
     found = []
-    for path in sorted((Path(base).absolute() / _rundir.RUNS_DIR).glob("*/" + _rundir.RUN_FILE)):
+    # Run folders are named <time>-<id[:8]>[-rank<N>] (`_rundir.new_run_dir`): only
+    # those are read. Ids hold [A-Za-z0-9_.-] only, nothing glob would expand.
+    pattern = f"*-{run_id[:8]}*/{_rundir.RUN_FILE}"
+    for path in sorted((Path(base).absolute() / _rundir.RUNS_DIR).glob(pattern)):
         try:
             run = _rundir.read_run(path.parent)
         except (OSError, ValueError):
