@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -48,6 +49,10 @@ from tracelet.exporters._translate import NameMapper, chunks, tag_dict, truncate
 from tracelet.toolkit import redact_url
 
 _log = logging.getLogger("tracelet")
+
+#: Seconds a rank waits, polling, for rank 0 to create the job's MLflow run
+#: (``RunInfo.attach == "join"``) before the delivery retries with backoff.
+JOIN_WAIT = 60.0
 
 # MLflow's limits are read from mlflow.utils.validation when used (MLflow is
 # imported by the exporter, never at module import). Its name rule is a regex
@@ -183,25 +188,29 @@ class MLflowExporter(TrackerExporter):
             LookupError: ``attach="join"`` and rank 0 has not created it yet
                 (the delivery retries, with backoff, until it has).
         """
-        experiment = self._client.get_experiment_by_name(run.project)
-        runs: list[Any] = []
-        if experiment is not None:
-            runs = self._client.search_runs(
-                [experiment.experiment_id],
-                filter_string=f"tags.`tracelet.run_id` = '{run.run_id}'",
-                order_by=["attributes.start_time ASC"],
-                max_results=1,
-            )
-        if runs:
-            found = str(runs[0].info.run_id)
-            _log.info("continuing MLflow run %s of tracelet run %s", found, run.run_id)
-            return found
-        if run.attach == "join":
-            raise LookupError(
-                f"the MLflow run of tracelet run {run.run_id} does not exist yet "
-                "(global rank 0 creates it)"
-            )
-        return None
+        deadline = time.monotonic() + (JOIN_WAIT if run.attach == "join" else 0.0)
+        while True:
+            experiment = self._client.get_experiment_by_name(run.project)
+            runs: list[Any] = []
+            if experiment is not None:
+                runs = self._client.search_runs(
+                    [experiment.experiment_id],
+                    filter_string=f"tags.`tracelet.run_id` = '{run.run_id}'",
+                    order_by=["attributes.start_time ASC"],
+                    max_results=1,
+                )
+            if runs:
+                found = str(runs[0].info.run_id)
+                _log.info("continuing MLflow run %s of tracelet run %s", found, run.run_id)
+                return found
+            if run.attach != "join":
+                return None
+            if time.monotonic() >= deadline:
+                raise LookupError(
+                    f"the MLflow run of tracelet run {run.run_id} does not exist yet "
+                    "(global rank 0 creates it)"
+                )
+            time.sleep(0.5)
 
     def _experiment_id(self, name: str) -> str:
         from mlflow.exceptions import MlflowException

@@ -129,3 +129,21 @@ def test_a_run_ended_killed_is_running_again_and_ends_finished(mlflow_uri: str) 
         exp.end(status)
         statuses.append(mlflow_run(mlflow_uri, "pre-empted").info.status)
     assert statuses == ["KILLED", "RUNNING", "FINISHED"]
+
+
+def test_auto_continues_the_run_after_a_slurm_requeue(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.setenv("TRACELET_RUN_ID", "auto")
+    monkeypatch.setenv("TRACELET_TRACK_SYSTEM", "false")
+    ids = []
+    for restart in range(2):
+        monkeypatch.setenv("SLURM_RESTART_COUNT", str(restart))
+        exp = tracelet.start_logging("job", "p", backend="memory")
+        exp.log_metric("loss", float(restart), iteration=restart)
+        exp.end("KILLED" if restart == 0 else "FINISHED")
+        ids.append(exp.run_id)
+    assert ids[0] == ids[1]
+    stored = InMemoryExporter.runs[ids[0]]
+    assert stored.history("loss") == [(0, 0.0), (1, 1.0)]
+    assert stored.status is not None and stored.status.value == "FINISHED"
