@@ -107,3 +107,10 @@ def test_settings_take_run_id_and_ranks_from_the_environment(
     s = TraceletSettings()
     assert (s.run_id, s.ranks) == ("auto", "all")
     assert QUIET.ranks == "zero"
+
+
+def test_a_batch_script_process_is_its_own_run_unless_auto() -> None:
+    batch = _launch.detect({"SLURM_JOB_ID": "900"})  # python run by sbatch itself, no srun
+    assert not _launch.resolve_run_id(None, batch)[1]
+    assert _launch.resolve_run_id("auto", batch) == _launch.resolve_run_id("auto", batch)
+    assert _launch.resolve_run_id("auto", batch)[1]

@@ -5,8 +5,10 @@ and must land in the same run, without talking to the others. The launcher
 already gives every rank the same job identity in the environment:
 
 - ``TRACELET_RUN_ID`` / ``start_logging(run_id=...)``: the id itself (wins);
-- SLURM: ``SLURM_JOB_ID`` and ``SLURM_STEP_ID`` (one run per job step);
-  ``SLURM_RESTART_COUNT`` counts requeues of the same job id;
+- SLURM: ``SLURM_JOB_ID`` and ``SLURM_STEP_ID`` (one run per job step,
+  i.e. per ``srun``); ``SLURM_RESTART_COUNT`` counts requeues of the same job
+  id. A single process the batch script runs itself (no step) gets a new
+  run each time, unless ``run_id="auto"``;
 - torchrun / TorchElastic: ``TORCHELASTIC_RUN_ID`` (``--rdzv-id``; a fresh
   uuid per launch with ``--standalone``), ``TORCHELASTIC_RESTART_COUNT``
   counts the agent's restarts of the workers;
@@ -138,6 +140,10 @@ def resolve_run_id(given: str | None, launch: Launch) -> tuple[str, bool]:
             )
         return given, True
     job = launch.job
+    if given is None and _batch_step(job) is not None and not launch.distributed:
+        # A script run by the batch script itself (no srun): a job may run several
+        # of those (a sweep), each its own run, unless run_id="auto" says otherwise.
+        job = ()
     if given == AUTO and len(job) > 1 and job[0][0] == "slurm":
         # Under SLURM the job id survives a requeue; a standalone torchrun's
         # rendezvous id is new at every launch, so it must not take part.
@@ -159,6 +165,13 @@ def resolve_run_id(given: str | None, launch: Launch) -> tuple[str, bool]:
     )
     key = ";".join(f"{k}={v}" for k, v in parts)
     return uuid.uuid5(_NAMESPACE, key).hex, True
+
+
+def _batch_step(job: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...] | None:
+    """`job` when it is only a SLURM job id without a step (the batch script's own process)."""
+    if len(job) == 1 and job[0][0] == "slurm" and "." not in job[0][1]:
+        return job
+    return None
 
 
 def rank_prefix(rank: int | None) -> str:
