@@ -35,7 +35,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tracelet._otel import launcher_attributes
 from tracelet.errors import ConfigError
 from tracelet.export import Batch
 
@@ -87,6 +86,10 @@ class Launch:
 
 def detect(environ: Mapping[str, str]) -> Launch:
     """The launch this process is part of, from launcher variables in `environ`."""
+    # The variables the OTel Resource reports; imported here so that delivery
+    # (which uses `rank_batch`) does not import the OTel SDK for it.
+    from tracelet._otel import launcher_attributes
+
     ranks = launcher_attributes(environ)
     job: list[tuple[str, str]] = []
     restarts: list[tuple[str, str]] = []
