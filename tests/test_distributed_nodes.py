@@ -57,8 +57,9 @@ def _by_rank(receiver: OTLPReceiver) -> dict[int, dict[str, Any]]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["zero", "all"])
 def test_two_nodes_one_run_system_metrics_once_per_node(
-    tmp_path: Path, mlflow_on_postgres: str
+    tmp_path: Path, mlflow_on_postgres: str, mode: str
 ) -> None:
     pytest.importorskip("torch")
     uri = mlflow_on_postgres
@@ -73,7 +74,7 @@ def test_two_nodes_one_run_system_metrics_once_per_node(
             cwd.mkdir()
             env = {
                 "TEST_STEPS": str(STEPS),
-                "TEST_RANKS": "all",
+                "TEST_RANKS": mode,
                 "TEST_BACKENDS": "mlflow,otlp",
                 "TEST_SYSTEM": "1",
                 "TEST_INTERVAL": "1",
@@ -88,7 +89,7 @@ def test_two_nodes_one_run_system_metrics_once_per_node(
                     f"--nproc_per_node={PER_NODE}",
                     "--rdzv-backend=c10d",
                     f"--rdzv-endpoint=127.0.0.1:{port}",
-                    "--rdzv-id=two-node-job",
+                    f"--rdzv-id=two-node-job-{mode}",
                     env=env,
                 )
             )
@@ -110,22 +111,32 @@ def test_two_nodes_one_run_system_metrics_once_per_node(
     assert len(leaders) == NODES
     assert all(ranks[r]["host_samples"] is None for r in ranks if r not in leaders)
 
-    # MLflow on PostgreSQL: one run for the job, every rank's points once.
+    # MLflow on PostgreSQL: one run for the job.
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
-    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == 1
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"tags.`tracelet.run_id` = '{run_id}'")
+    assert len(runs) == 1
     run = mlflow_run(uri, run_id)
     assert run.info.status == "FINISHED"
-    for rank in ranks:
-        history = mlflow_history(uri, run.info.run_id, f"rank{rank}/loss")
+    # Every rank's points once ("all"), or rank 0's alone ("zero").
+    writers = sorted(ranks) if mode == "all" else [0]
+    for rank in writers:
+        key = f"rank{rank}/loss" if mode == "all" else "loss"
+        history = mlflow_history(uri, run.info.run_id, key)
         assert_exactly_once([s for s, _, _ in history], range(STEPS), f"rank {rank}")
         assert [v for _, v, _ in history] == [float(rank * 1000 + s) for s in range(STEPS)]
-    # System metrics: sampled once per node (its local rank 0), every sample once.
-    sampled = {k.split("/")[0] for k in run.data.metrics if k.split("/")[1:2] == ["system"]}
-    assert sampled == {f"rank{r}" for r in leaders}
-    for r in leaders:
-        key = f"rank{r}/system/cpu_utilization_percentage"
+    # System metrics: sampled once per node (its local rank 0), every sample once;
+    # with "zero", only rank 0's node reaches the tracker.
+    if mode == "all":
+        sampled = {k.split("/")[0] for k in run.data.metrics if k.split("/")[1:2] == ["system"]}
+        assert sampled == {f"rank{r}" for r in leaders}
+        keys = {r: f"rank{r}/system/cpu_utilization_percentage" for r in leaders}
+    else:
+        assert all(k.startswith("system/") or k in ("loss", "rank_sum") for k in run.data.metrics)
+        keys = {0: "system/cpu_utilization_percentage"}
+    for r, key in keys.items():
         steps = [s for s, _, _ in mlflow_history(uri, run.info.run_id, key)]
         assert_exactly_once(steps, range(ranks[r]["host_samples"]), key)
 
@@ -138,6 +149,6 @@ def test_two_nodes_one_run_system_metrics_once_per_node(
             assert entry["resource"]["tracelet.run_id"] == run_id
             assert ("system.cpu.utilization" in entry["names"]) == (rank in leaders)
     print(
-        f"\n{NODES} nodes x {PER_NODE} ranks: one MLflow run on PostgreSQL, "
-        f"system series from ranks {leaders}"
+        f"\n{mode}: {NODES} nodes x {PER_NODE} ranks, one MLflow run on PostgreSQL; "
+        f"host metrics sampled by ranks {leaders}"
     )

@@ -29,6 +29,7 @@ Rank, local rank and world size come from `tracelet._otel.launcher_attributes`
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -223,7 +224,11 @@ def resource(launch: Launch, run_id: str) -> dict[str, Any]:
     must be unique per process (OTel semantic conventions), so every rank of
     a distributed job gets ``<run id>-rank<N>``.
     """
-    if not launch.distributed:
+    from tracelet._otel import env_resource_keys
+
+    if not launch.distributed or "service.instance.id" in env_resource_keys(
+        os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    ):
         return {}
     return {"service.instance.id": f"{run_id}-rank{launch.rank}"}
 
