@@ -37,8 +37,9 @@ def _launch(
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
     }
     proc = torchrun(tmp, "--standalone", f"--nproc_per_node={RANKS}", env=env)
-    finish(proc)
+    out = finish(proc)
     got = reports(tmp)
+    assert all(r["complete"] for r in got.values()), f"{got}\n{out[-6000:]}"
     assert sorted(got) == list(range(RANKS))
     run_ids = {r["run_id"] for r in got.values()}
     assert len(run_ids) == 1, f"the ranks disagree on the run id: {run_ids}"
@@ -138,11 +139,15 @@ def test_all_ranks_mode_every_rank_distinguishable(
         assert w.group == run_id and w.exit_code == 0
         assert w.history(f"rank{rank}/loss") == _expected(rank)
 
-    # ClearML: under torchrun, ClearML makes local ranks > 0 report into local
-    # rank 0's task (its torch-distributed anchor): one task, rank<N> titles.
-    [session] = _clearml_sessions(tmp_path)
-    assert session.properties["tracelet_run_id"] == run_id
-    assert session.properties["tracelet_status"] == "FINISHED"
+    # ClearML: one task per rank (offline, a task is a session with one writer).
+    sessions = {s.properties["tracelet_rank"]: s for s in _clearml_sessions(tmp_path)}
+    assert set(sessions) == {"0", "1", "2"}
     for rank in range(RANKS):
-        assert session.scalars[(f"rank{rank}", "loss")] == _expected(rank)
-    print(f"\nall ranks: {RANKS} x {STEPS} points in one MLflow run, {RANKS} W&B runs, one task")
+        s = sessions[str(rank)]
+        assert s.properties["tracelet_run_id"] == run_id
+        assert s.properties["tracelet_status"] == "FINISHED"
+        assert s.name == ("ddp" if rank == 0 else f"ddp rank{rank}")
+        assert s.scalars[(f"rank{rank}", "loss")] == _expected(rank)
+    print(
+        f"\nall ranks: {RANKS} x {STEPS} points in one MLflow run, {RANKS} W&B runs, {RANKS} tasks"
+    )

@@ -147,3 +147,16 @@ def test_auto_continues_the_run_after_a_slurm_requeue(monkeypatch: pytest.Monkey
     stored = InMemoryExporter.runs[ids[0]]
     assert stored.history("loss") == [(0, 0.0), (1, 1.0)]
     assert stored.status is not None and stored.status.value == "FINISHED"
+
+
+def test_clearml_still_looks_up_the_torchrun_local_rank_where_tracelet_answers() -> None:
+    """The all-ranks mode keeps ClearML's torch-distributed anchor out (exporters/clearml.py)."""
+    pytest.importorskip("clearml")
+    import clearml.task
+
+    from tracelet.exporters.clearml import _LOCAL_RANK_LOOKUP, _own_task
+
+    assert callable(getattr(clearml.task, _LOCAL_RANK_LOOKUP))
+    with _own_task(True):
+        assert getattr(clearml.task, _LOCAL_RANK_LOOKUP)() is None
+    assert getattr(clearml.task, _LOCAL_RANK_LOOKUP) is not None
