@@ -6,7 +6,7 @@ import argparse
 import importlib
 import importlib.util
 
-SUITES = ("core", "loop", "backends", "otlp", "system", "full", "resume", "integrations")
+SUITES = ("core", "loop", "backends", "otlp", "system", "full", "resume", "integrations", "ranks")
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--only", choices=SUITES, action="append")

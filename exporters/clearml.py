@@ -27,7 +27,10 @@ import json
 import logging
 import math
 import os
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,21 +142,8 @@ class ClearMLExporter(TrackerExporter):
             resume = previous or cfg.continue_last_task
             _forget_earlier_exits(Task)
             self._master_env = {k: os.environ.get(k) for k in _MASTER_ENV}
-            self._task = Task.init(
-                project_name=run.project,
-                task_name=run.name,
-                task_type=Task.TaskTypes(cfg.task_type),
-                tags=self._tags.labels or None,
-                reuse_last_task_id=cfg.reuse_last_task_id,
-                continue_last_task=resume,
-                output_uri=cfg.output_uri,
-                auto_connect_arg_parser=cfg.auto_connect_arg_parser,
-                auto_connect_frameworks=frameworks(
-                    cfg.auto_connect_frameworks, cfg.detect_repository
-                ),
-                auto_resource_monitoring=cfg.auto_resource_monitoring,
-                auto_connect_streams=cfg.auto_connect_streams,
-            )
+            with _own_task(run.rank is not None):
+                self._task = self._init(Task, run, resume)
             if not isinstance(self._task, Task):
                 raise RuntimeError(
                     "ClearML returned a stub instead of a task: it takes this process for a "
@@ -166,6 +156,8 @@ class ClearMLExporter(TrackerExporter):
                 self._task.set_initial_iteration(0)
         _stop_following_forks()
         self._task.set_user_properties(tracelet_run_id=run.run_id)
+        if run.rank is not None:
+            self._task.set_user_properties(tracelet_rank=str(run.rank))
         self._logger = self._task.get_logger()
         self._names = UniqueNames[tuple[str, str]](lambda pair, n: (pair[0], suffix(pair[1], n)))
         self._nan_seen: set[str] = set()
@@ -179,6 +171,24 @@ class ClearMLExporter(TrackerExporter):
         }
         self._tail = StoredTail([*pending_entries(run.resume or {}), *stored], "ClearML")
         return self.resume_state()
+
+    def _init(self, task_cls: Any, run: RunInfo, resume: Any) -> Any:
+        cfg, Task = self.config, task_cls
+        return Task.init(
+            project_name=run.project,
+            # All-ranks mode: each rank writes a task of its own (offline, a task
+            # is a session folder with one writer).
+            task_name=run.name if not run.rank else f"{run.name} rank{run.rank}",
+            task_type=Task.TaskTypes(cfg.task_type),
+            tags=self._tags.labels or None,
+            reuse_last_task_id=cfg.reuse_last_task_id,
+            continue_last_task=resume,
+            output_uri=cfg.output_uri,
+            auto_connect_arg_parser=cfg.auto_connect_arg_parser,
+            auto_connect_frameworks=frameworks(cfg.auto_connect_frameworks, cfg.detect_repository),
+            auto_resource_monitoring=cfg.auto_resource_monitoring,
+            auto_connect_streams=cfg.auto_connect_streams,
+        )
 
     def resume_state(self) -> dict[str, Any]:
         """The resume state, with the mark: events past `events_from` are past the cursor.
@@ -365,6 +375,42 @@ def _events_waiting(task: Any) -> bool:
         return bool(task._reporter.events_waiting())
     except Exception:  # a ClearML without that API: trust its flush
         return False
+
+
+_own_task_lock = threading.Lock()
+#: What ``clearml.task`` asks for the torchrun local rank (a test pins that it still does).
+_LOCAL_RANK_LOOKUP = "get_torch_local_rank"
+
+
+@contextmanager
+def _own_task(own: bool) -> Iterator[None]:
+    """While `own`: keep ClearML from making this rank report into another rank's task.
+
+    Under torchrun, ``Task.init`` on a local rank > 0 waits for the task id
+    local rank 0 left in a file (ClearML's torch-distributed anchor) and logs
+    into that task. Several processes then write one offline session: under
+    load their lines interleave in ``metrics.jsonl`` (seen: two events on one
+    line, which no reader can parse). In the all-ranks mode each rank writes
+    its own task, so ClearML's local-rank lookup is answered "none" meanwhile.
+    """
+    if not own:
+        yield
+        return
+    try:
+        import clearml.task as task_module
+    except ImportError:  # pragma: no cover - ClearML is imported by start already
+        yield
+        return
+    real = getattr(task_module, _LOCAL_RANK_LOOKUP, None)
+    if real is None:  # a ClearML without the anchor: nothing to keep it from
+        yield
+        return
+    with _own_task_lock:
+        setattr(task_module, _LOCAL_RANK_LOOKUP, lambda: None)
+        try:
+            yield
+        finally:
+            setattr(task_module, _LOCAL_RANK_LOOKUP, real)
 
 
 def _stop_following_forks() -> None:

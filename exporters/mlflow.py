@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -46,6 +47,12 @@ from tracelet.export import (
 )
 from tracelet.exporters._translate import NameMapper, chunks, tag_dict, truncate
 from tracelet.toolkit import redact_url
+
+_log = logging.getLogger("tracelet")
+
+#: Seconds a rank waits, polling, for rank 0 to create the job's MLflow run
+#: (``RunInfo.attach == "join"``) before the delivery retries with backoff.
+JOIN_WAIT = 60.0
 
 # MLflow's limits are read from mlflow.utils.validation when used (MLflow is
 # imported by the exporter, never at module import). Its name rule is a regex
@@ -154,6 +161,8 @@ class MLflowExporter(TrackerExporter):
         self._client = MlflowClient(tracking_uri=self.config.tracking_uri or saved_uri)
         self._http = _bound_http(self._client, self.config)
         resume = (run.resume or {}).get("run_id") or self.config.run_id
+        if not resume and run.attach != "new":
+            resume = self._find(run)  # the job's run, opened by rank 0 or an earlier part
         if resume:
             self._run_id = resume
             self._client.update_run(resume, status="RUNNING")
@@ -171,6 +180,37 @@ class MLflowExporter(TrackerExporter):
             )
             self._run_id = created.info.run_id
         return {"run_id": self._run_id, "tracking_uri": absolute_uri(self._client.tracking_uri)}
+
+    def _find(self, run: RunInfo) -> str | None:
+        """The MLflow run tagged with `run.run_id`, oldest first; None when there is none.
+
+        Raises:
+            LookupError: ``attach="join"`` and rank 0 has not created it yet
+                (the delivery retries, with backoff, until it has).
+        """
+        deadline = time.monotonic() + (JOIN_WAIT if run.attach == "join" else 0.0)
+        while True:
+            experiment = self._client.get_experiment_by_name(run.project)
+            runs: list[Any] = []
+            if experiment is not None:
+                runs = self._client.search_runs(
+                    [experiment.experiment_id],
+                    filter_string=f"tags.`tracelet.run_id` = '{run.run_id}'",
+                    order_by=["attributes.start_time ASC"],
+                    max_results=1,
+                )
+            if runs:
+                found = str(runs[0].info.run_id)
+                _log.info("continuing MLflow run %s of tracelet run %s", found, run.run_id)
+                return found
+            if run.attach != "join":
+                return None
+            if time.monotonic() >= deadline:
+                raise LookupError(
+                    f"the MLflow run of tracelet run {run.run_id} does not exist yet "
+                    "(global rank 0 creates it)"
+                )
+            time.sleep(0.5)
 
     def _experiment_id(self, name: str) -> str:
         from mlflow.exceptions import MlflowException

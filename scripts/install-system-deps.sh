@@ -4,6 +4,10 @@ set -euo pipefail
 need=()
 # A real Prometheus server and promtool (tests/test_prometheus.py).
 command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)
+# PostgreSQL (initdb, postgres) for mlflow server on PostgreSQL (tests/test_distributed_nodes.py);
+# Debian keeps them in /usr/lib/postgresql/<version>/bin, off PATH.
+command -v initdb >/dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
+  need+=(postgresql)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

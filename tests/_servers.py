@@ -52,11 +52,19 @@ class MlflowServer:
     server starts on a copy of it instead of migrating a new one.
     """
 
-    def __init__(self, root: Path, port: int | None = None, template: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        port: int | None = None,
+        template: Path | None = None,
+        backend_uri: str | None = None,
+    ) -> None:
         self.root = root
         self.port = port or free_port()
         if template is not None:
             shutil.copyfile(template, root / "server.db")
+        #: The tracking store: the sqlite file under `root`, or e.g. a PostgreSQL URI.
+        self.backend_uri = backend_uri or f"sqlite:///{root / 'server.db'}"
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -81,7 +89,7 @@ class MlflowServer:
                 "--workers",
                 "1",
                 "--backend-store-uri",
-                f"sqlite:///{self.root / 'server.db'}",
+                self.backend_uri,
                 "--artifacts-destination",
                 str(self.root / "artifacts"),
             ],
@@ -97,3 +105,120 @@ class MlflowServer:
         if self.proc is not None:
             stop_group(self.proc)
         self.proc = None
+
+
+def postgres_bin(name: str) -> str | None:
+    """A PostgreSQL program: on PATH, else in Debian's ``/usr/lib/postgresql/<version>/bin``."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(versions[-1]) if versions else None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (``initdb`` + ``postgres``), stopped by PID.
+
+    PostgreSQL refuses to run as root: as root the cluster belongs to the
+    ``postgres`` user (``nobody`` when there is none), and its folder is made
+    under the system temp dir, which that user can reach. Connections from
+    127.0.0.1 are trusted (a test cluster, bound to loopback only).
+    """
+
+    def __init__(self, user: str = "tracelet") -> None:
+        import tempfile
+
+        self.user = user
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="tracelet-pg-"))
+        self.data = self.root / "data"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._run_as: str | None = None
+        if os.getuid() == 0:
+            import pwd
+
+            names = {p.pw_name for p in pwd.getpwall()}
+            self._run_as = "postgres" if "postgres" in names else "nobody"
+            os.chown(self.root, pwd.getpwnam(self._run_as).pw_uid, -1)
+
+    def uri(self, database: str) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def sqlalchemy_uri(self, database: str) -> str:
+        """The URI for SQLAlchemy (MLflow's store): the psycopg2 driver named."""
+        return self.uri(database).replace("postgresql://", "postgresql+psycopg2://", 1)
+
+    def _popen(self, args: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(args, user=self._run_as, cwd=self.root, **kw)  # type: ignore[call-overload]
+
+    def start(self) -> PostgresServer:
+        initdb, postgres = postgres_bin("initdb"), postgres_bin("postgres")
+        if initdb is None or postgres is None:
+            raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+        log = open(self.root / "server.log", "ab")
+        init = self._popen(
+            [initdb, "-D", str(self.data), "-U", self.user, "--auth=trust", "-E", "UTF8"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        if init.wait(timeout=120) != 0:
+            raise RuntimeError(f"initdb failed: {(self.root / 'server.log').read_text()[-2000:]}")
+        self.proc = self._popen(
+            [
+                postgres,
+                "-D",
+                str(self.data),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.root),
+                "-c",
+                "fsync=off",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while not self._ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"postgres exited: {(self.root / 'server.log').read_text()[-2000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError("postgres did not accept connections within 60 s")
+            time.sleep(0.2)
+        return self
+
+    def _ready(self) -> bool:
+        import psycopg2
+
+        try:
+            psycopg2.connect(self.uri("postgres"), connect_timeout=2).close()
+        except psycopg2.OperationalError:
+            return False
+        return True
+
+    def create_database(self, name: str) -> str:
+        """Create database `name`; return its SQLAlchemy URI."""
+        import psycopg2
+
+        conn = psycopg2.connect(self.uri("postgres"))
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+        return self.sqlalchemy_uri(name)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)  # PostgreSQL's "fast" shutdown
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+        self.proc = None
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -48,7 +48,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tracelet import _registry, _rundir, _secrets
+from tracelet import _launch, _registry, _rundir, _secrets
 from tracelet._delivery import Delivery
 from tracelet._journal import FrameCache, count_points
 from tracelet._logs import brief
@@ -132,6 +132,7 @@ class Agent:
                 project=str(self.run["project"]),
                 name=str(self.run["name"]),
                 resume=state.get("resume") or None,
+                **_launch.info_fields(self.run),
             )
             delivery = Delivery(name, cls(options[name]), info, self.journal, path)
             delivery.restore(state)

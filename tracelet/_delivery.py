@@ -43,6 +43,7 @@ from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 
 from tracelet import _secrets
 from tracelet._journal import read_batches
+from tracelet._launch import rank_batch
 from tracelet._logs import brief
 from tracelet._rundir import save_json
 from tracelet.export import ExportResult, RunInfo, RunStatus, TrackerExporter
@@ -255,6 +256,8 @@ class Delivery:
             self.exporter.max_batch_points,
             getattr(self.history, "cache", None),
         ):
+            if self.run.rank is not None:  # all-ranks mode: rank<N>/ names
+                batch = rank_batch(batch, self.run.rank)
             remaining_ms = (self._deadline - time.monotonic()) * 1000
             timeout_ms = min(_EXPORT_TIMEOUT_MS, max(1000.0, remaining_ms))
             result = self.exporter.export(batch, timeout_millis=timeout_ms)

@@ -28,18 +28,27 @@ and interpreter exit all go through.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracelet import _lifecycle, _provenance, _registry, _rundir, _secrets, _validate
+from tracelet import (
+    _launch,
+    _lifecycle,
+    _provenance,
+    _registry,
+    _resume,
+    _rundir,
+    _secrets,
+    _validate,
+)
 from tracelet._agentlink import AgentBackend, AgentLink
 from tracelet._delivery import Delivery
 from tracelet._history import History
@@ -134,23 +143,46 @@ class Run:
         self._ender: int | None = None  # the thread running `end`, while it runs
         self._warned_child = False
 
-        self.run_id = uuid.uuid4().hex
-        self.project = settings.project or "default"
-        self.name = settings.exp_name or time.strftime("run-%Y%m%d-%H%M%S")
-        self.run_dir = _rundir.new_run_dir(settings.dir, self.run_id)
-        self.run_dir.mkdir(parents=True, exist_ok=False)
-        # Held while this process owns the run (tracelet sync waits for it).
-        self._run_lock = _rundir.RunLock(self.run_dir)
-        self._run_lock.acquire()
-        _rundir.write_run(  # what `tracelet sync` needs to finish the run elsewhere; no secrets
-            self.run_dir,
+        # One run id for every rank and part of a job (tracelet._launch); the
+        # trackers are written by the ranks the `ranks` policy names.
+        self.launch = _launch.detect(os.environ)
+        self.run_id, shared = _launch.resolve_run_id(settings.run_id, self.launch)
+        if not self.launch.writes_trackers(settings.ranks):
+            classes = {n: c for n, c in classes.items() if _registry.is_telemetry(c)}
+        previous = (
+            _resume.open_previous(settings.dir, self.run_id, self.launch.rank) if shared else None
+        )
+        self.project = settings.project or (previous.run["project"] if previous else "default")
+        self.name = settings.exp_name or (
+            previous.run["name"] if previous else time.strftime("run-%Y%m%d-%H%M%S")
+        )
+        if previous is not None:  # the next part of a run: same directory, journal, cursors
+            self.run_dir = previous.run_dir
+            self._run_lock = previous.lock
+            _resume.record_backends(previous, list(classes))
+        else:
+            self.run_dir = _rundir.new_run_dir(
+                settings.dir, self.run_id, _launch.dir_suffix(self.launch)
+            )
+            self.run_dir.mkdir(parents=True, exist_ok=False)
+            # Held while this process owns the run (tracelet sync waits for it).
+            self._run_lock = _rundir.RunLock(self.run_dir)
+            self._run_lock.acquire()
+            _rundir.write_run(  # what `tracelet sync` needs to finish the run elsewhere; no secrets
+                self.run_dir,
+                run_id=self.run_id,
+                project=self.project,
+                name=self.name,
+                backends=list(classes),
+                options={n: _secrets.public_options(options[n]) for n in classes},
+                extra=_launch.run_fields(self.launch, settings.ranks, shared),
+            )
+        info = RunInfo(
             run_id=self.run_id,
             project=self.project,
             name=self.name,
-            backends=list(classes),
-            options={n: _secrets.public_options(options[n]) for n in classes},
+            **_launch.info_fields(_launch.run_fields(self.launch, settings.ranks, shared)),
         )
-        info = RunInfo(run_id=self.run_id, project=self.project, name=self.name)
         # Telemetry backends (otlp, prometheus) feed the OTel providers; the others
         # are trackers, each fed the history by a Delivery thread.
         telemetry_classes = {n: c for n, c in classes.items() if _registry.is_telemetry(c)}
@@ -165,7 +197,6 @@ class Run:
             max_buffered=settings.max_buffered_points,
             on_names=self._new_names,
         )
-        self._queue = self.history.queue
         self._wake_at = self.history.wake_at
         self._info = info
         self._classes, self._options = trackers, options
@@ -176,8 +207,10 @@ class Run:
         by_agent = [
             n for n in trackers if settings.delivery == "agent" and n not in _registry.TEST_DOUBLES
         ]
+        # A run continued (`_resume`) starts each backend at its saved cursor.
+        resumed = previous is not None
         self.deliveries: list[Delivery | AgentBackend] = [
-            self._delivery(n, on_started) for n in trackers if n not in by_agent
+            self._delivery(n, on_started, restore=resumed) for n in trackers if n not in by_agent
         ]
         self._agent: AgentLink | None = None
         if by_agent:
@@ -196,11 +229,22 @@ class Run:
                     "cannot start the delivery agent (%s); delivering from this process",
                     brief(exc),
                 )
-                self.deliveries += [self._delivery(n, on_started) for n in by_agent]
+                self.deliveries += [
+                    self._delivery(n, on_started, restore=resumed) for n in by_agent
+                ]
             else:
                 self.deliveries += [AgentBackend(self._agent, n) for n in by_agent]
+        if previous is not None:
+            self.history.points = previous.points  # what the journal holds already
+        # No tracker to feed (a rank that writes none): nothing is journaled;
+        # the metrics' names still get their OTel gauges.
+        self._queue: Any = self.history.queue if trackers else _launch.NamesOnly(self._new_names)
         self.telemetry = Telemetry(
-            {**resource_attributes(self.run_id, self.project, self.name), **provenance.resource},
+            {
+                **resource_attributes(self.run_id, self.project, self.name),
+                **_launch.resource(self.launch, self.run_id),
+                **provenance.resource,
+            },
             self.latest,
             self,
             backends={n: c(options[n]) for n, c in telemetry_classes.items()},
@@ -212,7 +256,7 @@ class Run:
             SystemMetrics(
                 interval=settings.metrics_interval, put=self.put_sample, telemetry=self.telemetry
             )
-            if settings.track_system
+            if settings.track_system and self.launch.samples_system()  # once per node
             else None
         )
         _lifecycle.track(self)
@@ -234,7 +278,7 @@ class Run:
         state = _rundir.read_state(path) if restore else {}
         info = self._info
         if state.get("resume"):
-            info = RunInfo(info.run_id, info.project, info.name, resume=state["resume"])
+            info = dataclasses.replace(info, resume=state["resume"])
         delivery = Delivery(
             backend,
             self._classes[backend](self._options[backend]),

@@ -43,9 +43,13 @@ def save_json(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
-def new_run_dir(base: str | Path, run_id: str) -> Path:
-    """The folder of a new run: ``<base>/runs/<time>-<run id prefix>``, absolute (not created)."""
-    return Path(base).absolute() / RUNS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:8]}"
+def new_run_dir(base: str | Path, run_id: str, suffix: str = "") -> Path:
+    """The folder of a new run: ``<base>/runs/<time>-<run id prefix><suffix>``, absolute.
+
+    Not created. `suffix` tells apart the ranks of one run (``-rank3``).
+    """
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:8]}{suffix}"
+    return Path(base).absolute() / RUNS_DIR / name
 
 
 def state_path(run_dir: Path, backend: str) -> Path:
@@ -69,8 +73,9 @@ def write_run(
     name: str,
     backends: list[str],
     options: dict[str, dict[str, Any]],
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Create run.json for a new run."""
+    """Create run.json for a new run (`extra`: more fields, e.g. the rank)."""
     save_json(
         run_dir / RUN_FILE,
         {
@@ -83,6 +88,7 @@ def write_run(
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "tracelet_version": __version__,
+            **(extra or {}),
         },
     )
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracelet import _registry, _rundir, _secrets
+from tracelet import _launch, _registry, _rundir, _secrets
 from tracelet._delivery import Delivery
 from tracelet._journal import complete_size, count_points
 from tracelet._version import __version__
@@ -200,6 +200,7 @@ def _sync_locked(
             project=str(run["project"]),
             name=str(run["name"]),
             resume=state.get("resume") or None,
+            **_launch.info_fields(run),
         )
         delivery = Delivery(
             name, cls(options[name]), run_info, journal, _rundir.state_path(run_dir, name)

@@ -88,12 +88,23 @@ class RunInfo:
         name: the run name (ClearML task name).
         resume: what `start` returned for this run before, when a run is
             continued (for example by ``tracelet sync``); ``None`` for a new run.
+        attach: how to find the tracker run when `resume` is ``None``:
+            ``"new"`` opens one; ``"continue"`` continues the tracker run
+            tagged with `run_id` when there is one (a job's id, given or from
+            its launcher; `tracelet._resume`), else opens it; ``"join"``:
+            another process (global rank 0) opens it, so find it, and fail
+            (to be retried) until it exists.
+        rank: in the all-ranks mode (``ranks="all"``), the global rank whose
+            points this exporter receives (their names carry ``rank<N>/``);
+            ``None`` when one process writes the run.
     """
 
     run_id: str
     project: str
     name: str
     resume: dict[str, Any] | None = None
+    attach: str = "new"
+    rank: int | None = None
 
 
 def __getattr__(name: str) -> Any:

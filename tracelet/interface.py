@@ -39,6 +39,7 @@ def start_logging(
     backend: str | Sequence[str] | None = None,
     config: Mapping[str, Any] | None = None,
     settings: TraceletSettings | None = None,
+    run_id: str | None = None,
 ) -> Experiment:
     """Start tracking a run and make it the active experiment.
 
@@ -59,6 +60,12 @@ def start_logging(
             any other key goes to each selected backend that has that option
             (``tags`` to all, ``entity`` to W&B). Unknown options are an error.
         settings: a `tracelet.settings.TraceletSettings`.
+        run_id: the run's id. When a run with this id exists (in the run
+            directory, or a tracker run tagged ``tracelet.run_id``), it is
+            continued: same MLflow run, W&B run, ClearML task. ``"auto"``
+            continues the job's previous run after a SLURM requeue or a
+            torchrun restart. Default: derived from the launcher
+            (torchrun, SLURM, MPI) so that every rank of a job agrees, else new.
 
     Returns:
         The active `Experiment`; also a context manager that ends the run.
@@ -78,6 +85,8 @@ def start_logging(
         overrides["project"] = project
     if backend is not None:
         overrides["backend"] = backend
+    if run_id is not None:
+        overrides["run_id"] = run_id
     resolved = TraceletSettings(**{**base.model_dump(), **overrides}) if overrides else base
 
     # Everything that can be wrong is checked before anything is created.

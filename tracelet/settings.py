@@ -119,6 +119,23 @@ class TraceletSettings(BaseSettings):
             "(SLURM and Kubernetes wait 30 s by default before SIGKILL)."
         ),
     )
+    run_id: str | None = Field(
+        default=None,
+        description=(
+            "The run's id: a run that exists under it (in dir, or a tracker run tagged "
+            "tracelet.run_id) is continued. 'auto': the job's previous run after a SLURM "
+            "requeue or torchrun restart. Default: from the launcher (all ranks agree), "
+            "else a new id."
+        ),
+    )
+    ranks: Literal["zero", "all"] = Field(
+        default="zero",
+        description=(
+            "Which ranks of a distributed job write the trackers: 'zero' (global rank 0; "
+            "the others feed OTel telemetry only) or 'all' (every rank, names prefixed "
+            "rank<N>/)."
+        ),
+    )
 
     @field_validator("backend", "unmasked_keys", mode="before")
     @classmethod
