@@ -18,7 +18,8 @@ What the trainer tells it, on its standard input, one JSON object a line::
 
 End of input without ``end`` means the trainer is gone (SIGKILL, the OOM
 killer): the journal is final as it is (a torn last line is not a frame), the
-agent delivers all of it and ends the tracker runs ``KILLED``. It notices a
+agent delivers all of it and ends the tracker runs ``KILLED``; it keeps the
+journal (``complete`` in run.json), which a continued run appends to. It notices a
 trainer's death by end of input and, should a child of the trainer still hold
 the pipe open, by being re-parented.
 
@@ -230,7 +231,9 @@ class Agent:
         self.report()
         if complete:
             _rundir.update_run(self.run_dir, complete=True)
-            if (self.cleanup or self.trainer_gone) and not self.keep_journal:
+            # After the trainer's death the journal stays: a continued run (the same
+            # run_id after a restart, `tracelet._resume`) appends to it and counts on it.
+            if self.cleanup and not self.keep_journal:
                 self.journal.path.unlink(missing_ok=True)
         else:
             total = self._total()
