@@ -7,9 +7,13 @@ killed process is simply not yet a frame::
     {"m": [[names], [values], [steps], [timestamps_ns]]}   metric points
     {"p": {key: value}}                                     params
     {"t": {key: value}}                                     tags
+    {"a": {name, kind, files, step, ...}}                   an artifact (`export.Artifact`)
 
 NaN and inf are written as the JSON extensions ``NaN`` / ``Infinity``, which
 `json.loads` reads back exactly.
+
+An artifact frame is a batch of its own (`read_batches` ends the batch before
+and after it), so an exporter uploads it, and is retried, apart from points.
 
 Only complete lines are frames: a reader stops at a line without its ``\n``
 (the writer is still writing it, or was killed half-way), so nothing torn is
@@ -25,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from tracelet.export import Batch, MetricPoint
+from tracelet.export import Artifact, Batch, MetricPoint
 from tracelet.toolkit import line_start
 
 _log = logging.getLogger("tracelet")
@@ -72,7 +76,12 @@ def add_frame(batch: Batch, line: bytes) -> int:
         batch.params.update(frame["p"])
     elif "t" in frame:
         batch.tags.update(frame["t"])
+    elif "a" in frame:
+        batch.artifacts.append(Artifact.from_json(frame["a"]))
     return 0
+
+
+_ARTIFACT_FRAME = b'{"a":'
 
 
 def read_batches(
@@ -90,6 +99,10 @@ def read_batches(
         line = f.readline()
         if not line.endswith(b"\n"):  # nothing more, or a torn last write
             break
+        alone = line.startswith(_ARTIFACT_FRAME)
+        if alone and len(batch):  # an artifact goes in a batch of its own
+            yield batch, offset, points
+            batch, points = Batch(), 0
         try:
             points += add_frame(batch, line)
         except (ValueError, TypeError, KeyError) as exc:
@@ -100,7 +113,7 @@ def read_batches(
                 exc,
             )
         offset += len(line)
-        if points >= max_points:
+        if points >= max_points or (alone and len(batch)):
             yield batch, offset, points
             batch, points = Batch(), 0
     if len(batch):

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracelet import _lifecycle, _provenance, _registry, _rundir, _secrets, _validate
+from tracelet import _artifacts, _lifecycle, _provenance, _registry, _rundir, _secrets, _validate
 from tracelet._delivery import Delivery
 from tracelet._history import History
 from tracelet._logs import brief
@@ -122,6 +122,8 @@ class Run:
         self.report: RunReport | None = None
         self.close_timeout = settings.close_timeout
         self._keep_journal = settings.keep_journal
+        #: Which checkpoints integrations log as artifacts (`Experiment.log_checkpoint`).
+        self.log_checkpoints = settings.log_checkpoints
         self._next_step: dict[str, int] = {}
         self._end_lock = threading.Lock()
         self._ender: int | None = None  # the thread running `end`, while it runs
@@ -283,6 +285,19 @@ class Run:
                 return
             self._queue.append(("t", tags))
 
+    def put_artifact(self, artifact: Any) -> None:
+        """Queue a captured artifact (`tracelet._artifacts`); written at once.
+
+        Raises:
+            ExperimentClosedError: the run has ended.
+        """
+        with self.lock:
+            if self.state is not _ACTIVE:
+                self._refuse()
+                return
+            self._queue.append(("a", artifact.to_json()))
+        self.history.wake()
+
     def _refuse(self) -> None:
         if self.state is RunState.FORKED:
             if not self._warned_child:
@@ -346,6 +361,7 @@ class Run:
         self._log_report(self.report)
         if self.report.complete and not self._keep_journal:
             self.history.path.unlink(missing_ok=True)
+        _artifacts.release(self.run_dir, delivered=not self.history.path.exists())
         return self.report
 
     def _make_report(self, status: RunStatus) -> RunReport:

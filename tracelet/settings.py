@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -76,6 +76,13 @@ class TraceletSettings(BaseSettings):
     handle_signals: bool = Field(
         default=True,
         description="On SIGTERM, end the run (KILLED) before the process terminates.",
+    )
+    log_checkpoints: Literal["off", "last", "best", "all"] = Field(
+        default="off",
+        description=(
+            "Checkpoints the framework integrations log as artifacts: none (off), each "
+            "under one name that the next replaces (last), the best (best), or all."
+        ),
     )
 
     @field_validator("backend", "unmasked_keys", mode="before")
