@@ -18,6 +18,14 @@ r"""MLflow exporter: one MLflow run per tracelet run, written with ``MlflowClien
   by default) are replaced by ``http_max_retries`` for this exporter's client
   only: tracelet retries a failed batch itself, with backoff, from the journal.
   The environment and the user's own MLflow clients are left alone.
+- Artifacts (`tracelet.export.Artifact`) go up with ``MlflowClient.log_artifact``
+  / ``log_artifacts`` under their name's folder (a directory under its name);
+  an image or figure logged with an iteration goes through
+  ``MlflowClient.log_image(key=..., step=...)`` (the UI's image charts), with
+  the call's time as its timestamp. An upload retried, or replayed by
+  ``tracelet sync``, overwrites the same path with the same content; an image
+  at a step is looked for first (its file name holds key, step and time), so
+  it is never stored twice.
 - When resumed (``tracelet sync``), the run is reopened in the store it was
   created in (the absolute tracking URI kept in its resume state), unless
   ``tracking_uri`` is given again.
@@ -28,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import sys
 import threading
 from collections.abc import Iterator
@@ -37,6 +46,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 
 from tracelet.export import (
+    Artifact,
     Batch,
     ExporterOptions,
     ExportResult,
@@ -44,6 +54,7 @@ from tracelet.export import (
     RunStatus,
     TrackerExporter,
 )
+from tracelet.exporters._artifact_files import media_key, staged
 from tracelet.exporters._translate import NameMapper, chunks, tag_dict, truncate
 from tracelet.toolkit import redact_url
 
@@ -154,6 +165,8 @@ class MLflowExporter(TrackerExporter):
         self._client = MlflowClient(tracking_uri=self.config.tracking_uri or saved_uri)
         self._http = _bound_http(self._client, self.config)
         resume = (run.resume or {}).get("run_id") or self.config.run_id
+        #: An image at a step may be stored already (resumed, or an upload failed): look first.
+        self._unsure = bool(run.resume)
         if resume:
             self._run_id = resume
             self._client.update_run(resume, status="RUNNING")
@@ -196,7 +209,48 @@ class MLflowExporter(TrackerExporter):
             self._http.timeout = min(self.config.http_timeout, max(1.0, timeout_millis / 1000))
         for metrics, params, tags in batch_requests(batch, self._key):
             self._client.log_batch(self._run_id, metrics=metrics, params=params, tags=tags)
+        for artifact in batch.artifacts:
+            try:
+                self._upload(artifact)
+            except BaseException:
+                self._unsure = True
+                raise
+            self._unsure = False
         return ExportResult.SUCCESS
+
+    def _upload(self, artifact: Artifact) -> None:
+        client, run_id = self._client, self._run_id
+        if artifact.is_image and artifact.step is not None:
+            self._log_image(artifact)
+            return
+        folder = posixpath.dirname(artifact.name) or None
+        with staged(artifact) as path:
+            if artifact.is_dir:
+                client.log_artifacts(run_id, str(path), artifact_path=artifact.name)
+            else:
+                client.log_artifact(run_id, str(path), artifact_path=folder)
+
+    def _log_image(self, artifact: Artifact) -> None:
+        """``log_image`` at the artifact's step, unless this exact image is stored already."""
+        from PIL import Image
+
+        key = media_key(artifact.name)
+        timestamp = artifact.timestamp_ns // 1_000_000
+        if self._unsure:
+            prefix = f"images/{key.replace('/', '~')}+step+{artifact.step}+timestamp+{timestamp}+"
+            stored = self._client.list_artifacts(self._run_id, "images")
+            if any(f.path.startswith(prefix) and f.path.endswith(".png") for f in stored):
+                return
+        with Image.open(artifact.local_path()) as image:
+            image.load()
+            self._client.log_image(
+                self._run_id,
+                image,
+                key=key,
+                step=artifact.step,
+                timestamp=timestamp,
+                synchronous=True,
+            )
 
     def shutdown(
         self, timeout_millis: float = 30_000, status: RunStatus = RunStatus.FINISHED, **kwargs: Any
