@@ -58,6 +58,8 @@ from tracelet.exporters._artifact_files import media_key, staged
 from tracelet.exporters._translate import NameMapper, chunks, tag_dict, truncate
 from tracelet.toolkit import redact_url
 
+_log = logging.getLogger("tracelet")
+
 # MLflow's limits are read from mlflow.utils.validation when used (MLflow is
 # imported by the exporter, never at module import). Its name rule is a regex
 # inside validate_param_and_metric_name, not a constant: this is its complement.
@@ -231,8 +233,26 @@ class MLflowExporter(TrackerExporter):
                 client.log_artifact(run_id, str(path), artifact_path=folder)
 
     def _log_image(self, artifact: Artifact) -> None:
-        """``log_image`` at the artifact's step, unless this exact image is stored already."""
-        from PIL import Image
+        """``log_image`` at the artifact's step, unless this exact image is stored already.
+
+        MLflow's image logging needs Pillow and numpy; without them (``mlflow-skinny``)
+        the image is uploaded as a file under its name instead, with a warning.
+        """
+        try:
+            import numpy  # noqa: F401  # MLflow's log_image imports it
+            from PIL import Image
+        except ImportError as exc:
+            if not getattr(self, "_warned_media", False):
+                self._warned_media = True
+                _log.warning(
+                    "MLflow logs images at a step with Pillow and numpy (%s); images are "
+                    "uploaded as files instead: pip install 'tracelet[media]'",
+                    exc,
+                )
+            with staged(artifact) as path:
+                folder = posixpath.dirname(artifact.name) or None
+                self._client.log_artifact(self._run_id, str(path), artifact_path=folder)
+            return
 
         key = media_key(artifact.name)
         timestamp = artifact.timestamp_ns // 1_000_000

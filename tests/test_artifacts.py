@@ -249,3 +249,28 @@ def test_otlp_gets_an_event_with_name_size_and_hash_never_the_content(
     assert event["tracelet.artifact.size"] == len("the content")
     assert event["tracelet.artifact.sha256"] == hashlib.sha256(b"the content").hexdigest()
     assert "the content" not in json.dumps(receiver.spans())
+
+
+def test_a_directory_with_a_pipe_and_a_link_cycle_is_captured_without_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    exp = memory_run()
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "real.txt").write_text("r")
+    (folder / "alias.txt").symlink_to(folder / "real.txt")  # a link to a file: followed
+    (folder / "loop").symlink_to(folder)  # a link cycle: not followed
+    os.mkfifo(folder / "pipe")  # reading it would block: left out
+    exp.log_artifact(folder)
+    assert "left out 2 entries" in caplog.text
+    exp.end()
+    assert delivered(exp)["d"][1] == {"alias.txt": b"r", "real.txt": b"r"}
+
+
+@pytest.mark.parametrize("name", ["C:/x.bin", "c:\\x.bin", "/x.bin", "\\\\server\\x"])
+def test_absolute_names_of_any_system_are_refused(tmp_path: Path, name: str) -> None:
+    exp = memory_run()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="absolute"):
+        exp.log_artifact(tmp_path / "f", name)
+    assert exp.log_artifact(tmp_path / "f", "time:12.txt") is not None  # a colon inside is fine

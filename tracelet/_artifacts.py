@@ -34,6 +34,7 @@ import json
 import logging
 import mimetypes
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -81,11 +82,7 @@ def artifact_name(name: Any, what: str = "artifact") -> str:
     parts = [p for p in posix.split("/") if p not in ("", ".")]
     if not parts:
         raise ValueError(f"{what} name must be a non-empty path inside the run, not {name!r}")
-    if (
-        posix.startswith("/")
-        or PurePosixPath(posix).is_absolute()
-        or (len(name) > 1 and name[1] == ":")
-    ):
+    if posix.startswith("/") or re.match(r"[A-Za-z]:/", posix):
         raise ValueError(
             f"{what} name {name!r} is absolute; give a path inside the run, e.g. {parts[-1]!r}"
         )
@@ -119,7 +116,7 @@ class ArtifactStore:
         if final.exists():
             os.unlink(tmp)
             return
-        os.chmod(tmp, 0o400)
+        os.chmod(tmp, 0o644)  # as a file the user wrote: backends that copy it keep the mode
         os.replace(tmp, final)
         self.files += 1
         self.bytes += size
@@ -188,13 +185,30 @@ class ArtifactStore:
         return ArtifactFile("", sha, size)
 
     def capture_dir(self, src: Path) -> tuple[ArtifactFile, ...]:
-        """Capture every file under `src` (symlinks followed, order sorted)."""
-        files = []
-        for folder, dirs, names in os.walk(src, followlinks=True):
+        """Capture every regular file under `src`, in sorted order.
+
+        Links to files are followed; links to folders are not (a link cycle
+        would never end), nor are sockets or pipes (reading one could block):
+        each is named in a warning.
+        """
+        files, skipped = [], []
+        for folder, dirs, names in os.walk(src):
+            skipped += [Path(folder) / d for d in dirs if (Path(folder) / d).is_symlink()]
             dirs.sort()
             for name in sorted(names):
                 path = Path(folder) / name
+                if not path.is_file():  # a socket, a pipe, a broken link
+                    skipped.append(path)
+                    continue
                 files.append(self.capture_file(path, path.relative_to(src).as_posix()))
+        if skipped:
+            _log.warning(
+                "log_artifact %s: left out %d entries that are not regular files or are "
+                "links to folders: %s",
+                src,
+                len(skipped),
+                ", ".join(str(p.relative_to(src)) for p in skipped[:5]),
+            )
         return tuple(files)
 
 
