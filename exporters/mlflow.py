@@ -217,13 +217,13 @@ class MLflowExporter(TrackerExporter):
             except BaseException:
                 self._unsure = True
                 raise
-            self._unsure = False
         return ExportResult.SUCCESS
 
     def _upload(self, artifact: Artifact) -> None:
         client, run_id = self._client, self._run_id
         if artifact.is_image and artifact.step is not None:
-            self._log_image(artifact)
+            # Past the first image the run does not hold, none is held: stop looking.
+            self._unsure = self._log_image(artifact)
             return
         folder = posixpath.dirname(artifact.name) or None
         with staged(artifact) as path:
@@ -232,8 +232,10 @@ class MLflowExporter(TrackerExporter):
             else:
                 client.log_artifact(run_id, str(path), artifact_path=folder)
 
-    def _log_image(self, artifact: Artifact) -> None:
+    def _log_image(self, artifact: Artifact) -> bool:
         """``log_image`` at the artifact's step, unless this exact image is stored already.
+
+        Returns True when it was stored already (looked for only while unsure).
 
         MLflow's image logging needs Pillow and numpy; without them (``mlflow-skinny``)
         the image is uploaded as a file under its name instead, with a warning.
@@ -252,7 +254,7 @@ class MLflowExporter(TrackerExporter):
             with staged(artifact) as path:
                 folder = posixpath.dirname(artifact.name) or None
                 self._client.log_artifact(self._run_id, str(path), artifact_path=folder)
-            return
+            return False
 
         key = media_key(artifact.name)
         timestamp = artifact.timestamp_ns // 1_000_000
@@ -260,7 +262,7 @@ class MLflowExporter(TrackerExporter):
             prefix = f"images/{key.replace('/', '~')}+step+{artifact.step}+timestamp+{timestamp}+"
             stored = self._client.list_artifacts(self._run_id, "images")
             if any(f.path.startswith(prefix) and f.path.endswith(".png") for f in stored):
-                return
+                return True
         with Image.open(artifact.local_path()) as image:
             image.load()
             self._client.log_image(
@@ -271,6 +273,7 @@ class MLflowExporter(TrackerExporter):
                 timestamp=timestamp,
                 synchronous=True,
             )
+        return False
 
     def shutdown(
         self, timeout_millis: float = 30_000, status: RunStatus = RunStatus.FINISHED, **kwargs: Any
