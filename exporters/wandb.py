@@ -212,7 +212,7 @@ class WandbExporter(TrackerExporter):
         key = self._key(media_key(artifact.name))
         if self._tail and self._tail.holds(key, artifact.step):
             return  # the run stored this row before a crash
-        image = wandb.Image(artifact.local_path())
+        image = wandb.Image(str(dst))  # the copy under its own name: W&B reads its suffix
         run.log({key: image, STEP_KEY: artifact.step}, step=self._next_step, commit=True)
         self._next_step += 1
 

@@ -95,12 +95,19 @@ def log_everything(exp: tracelet.Experiment, tmp: Path) -> tuple[dict[str, bytes
     Image.fromarray(rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)).save(png)
     exp.log_image(png, "samples/photo")
     files["samples/photo.png"] = png.read_bytes()
+    jpeg = tmp / "photo.jpg"
+    Image.fromarray(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(jpeg, quality=90)
+    exp.log_image(jpeg, "samples/snapshot", iteration=9)  # a JPEG file at a step
+    images[("samples/snapshot", 9)] = pixels(jpeg)
     return files, images
 
 
 def check(backend: str, run_dir: Path, files: dict[str, bytes], images: dict[Any, Any]) -> None:
     stored, shown = read_artifacts(run_dir, backend)
-    stepped = {f"{key}.png" for key in (k[0] for k in images if isinstance(k, tuple))}
+    stepped = {
+        f"{key}{'.jpg' if key.endswith('snapshot') else '.png'}"
+        for key in (k[0] for k in images if isinstance(k, tuple))
+    }
     for name, data in files.items():
         assert name in stored, (backend, name, sorted(stored))
         if data == b"pixels":
