@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import tracelet
-from tests._helpers import QUIET
+from tests._helpers import QUIET, wait_for
 from tracelet import TraceletSettings
 from tracelet._journal import encode, read_batches
 from tracelet.errors import ExperimentClosedError
@@ -274,3 +274,55 @@ def test_absolute_names_of_any_system_are_refused(tmp_path: Path, name: str) -> 
     with pytest.raises(ValueError, match="absolute"):
         exp.log_artifact(tmp_path / "f", name)
     assert exp.log_artifact(tmp_path / "f", "time:12.txt") is not None  # a colon inside is fine
+
+
+def blobs(exp: tracelet.Experiment) -> set[str]:
+    root = exp.run_dir / "artifacts"
+    return (
+        {p.name for p in root.iterdir() if not p.name.startswith(".")} if root.exists() else set()
+    )
+
+
+def test_captured_files_are_freed_once_delivered_while_the_run_goes_on(tmp_path: Path) -> None:
+    exp = memory_run()
+    (tmp_path / "w.bin").write_bytes(b"weights")
+    first = exp.log_artifact(tmp_path / "w.bin", "a.bin")
+    assert first is not None and first.files[0].blob in blobs(exp)
+    wait_for(lambda: not blobs(exp), 60, "the delivered copy freed")
+    again = exp.log_artifact(tmp_path / "w.bin", "b.bin")  # the same content, after the free
+    twice = exp.log_artifact(tmp_path / "w.bin", "c.bin")  # and once more, before it
+    assert again is not None and twice is not None
+    assert len({again.files[0].blob, twice.files[0].blob}) == 2  # a copy each
+    assert exp.end().complete
+    got = delivered(exp)
+    assert [got[n][1][""] for n in ("a.bin", "b.bin", "c.bin")] == [b"weights"] * 3
+
+
+def test_captured_files_stay_while_one_backend_has_not_got_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from importlib.metadata import EntryPoint, entry_points
+
+    from tests._faulty import StallingExporter
+    from tracelet import _registry
+
+    stalled = EntryPoint("stalled", "tests._faulty:StallingExporter", _registry.GROUP)
+    monkeypatch.setattr(_registry, "entry_points", lambda **kw: [*entry_points(**kw), stalled])
+    StallingExporter.release.clear()
+    StallingExporter.entered.clear()
+    try:
+        exp = tracelet.start_logging(
+            backend=["memory", "stalled"], settings=QUIET.model_copy(update={"close_timeout": 1})
+        )
+        (tmp_path / "w.bin").write_bytes(b"weights")
+        exp.log_artifact(tmp_path / "w.bin")
+        wait_for(lambda: delivered(exp), 60, "the memory backend has it")
+        wait_for(StallingExporter.entered.is_set, 60, "the stalled backend trying")
+        memory = next(d for d in exp._deliveries if d.backend == "memory")
+        wait_for(lambda: memory.offset >= exp._history.committed, 60, "memory durable")
+        assert blobs(exp)  # the stalled backend has not got it: kept
+        report = exp.end()
+        assert not report.complete
+        assert blobs(exp)  # kept for tracelet sync
+    finally:
+        StallingExporter.release.set()

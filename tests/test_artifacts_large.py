@@ -163,6 +163,8 @@ def test_500mb_artifact_bounded_memory_outage_and_sigkill(
         grown = float(seen["peak"]) - float(seen["base"])  # type: ignore[arg-type]
         print(f"peak RSS grew by {grown:.1f} MB while capturing and uploading {SIZE_MB} MB")
         assert grown < 64, f"peak RSS grew by {grown:.0f} MB for a {SIZE_MB} MB artifact"
+        # Delivered to the only backend: its captured copy is freed while the run goes on.
+        wait_for(lambda: not (run_dir / "artifacts" / hash_a).exists(), 60, "A's copy freed")
 
         # B: logged with the server down, the trainer killed before it is uploaded.
         server.stop()

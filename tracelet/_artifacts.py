@@ -37,7 +37,9 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -110,16 +112,26 @@ class ArtifactStore:
         self.root.mkdir(exist_ok=True)
         return tempfile.mkstemp(dir=self.root, prefix=".capture-")
 
-    def _keep(self, tmp: str, sha: str, size: int) -> None:
-        """Name the captured copy `tmp` by its hash (a copy of the same content exists: drop it)."""
-        final = self.root / sha
-        if final.exists():
-            os.unlink(tmp)
-            return
+    def _keep(self, tmp: str, sha: str, size: int) -> str:
+        """Name the captured copy `tmp` after its hash; return that name.
+
+        Each call keeps a copy of its own, so that one can be freed as soon as
+        its frame is delivered (`Reaper`) whatever is logged later: the plain
+        hash when free (claimed atomically with a link), else the hash and a
+        unique suffix.
+        """
         os.chmod(tmp, 0o644)  # as a file the user wrote: backends that copy it keep the mode
-        os.replace(tmp, final)
+        try:
+            os.link(tmp, self.root / sha)
+        except OSError:  # taken (the same content logged before), or no hard links here
+            blob = f"{sha}.{uuid.uuid4().hex[:12]}"
+            os.replace(tmp, self.root / blob)
+        else:
+            os.unlink(tmp)
+            blob = sha
         self.files += 1
         self.bytes += size
+        return blob
 
     def capture_file(self, src: Path, rel: str = "") -> ArtifactFile:
         """Capture one file's current content; streamed, bounded memory.
@@ -136,8 +148,7 @@ class ArtifactStore:
                 os.unlink(tmp)
                 raise
             os.close(fd)
-        self._keep(tmp, sha, size)
-        return ArtifactFile(rel, sha, size)
+        return ArtifactFile(rel, sha, size, self._keep(tmp, sha, size))
 
     def _clone_or_copy(self, source: Any, fd: int) -> tuple[str, int]:
         if self._clone and _clone(source.fileno(), fd):
@@ -166,8 +177,7 @@ class ArtifactStore:
         finally:
             os.close(fd)
         sha = hashlib.sha256(data).hexdigest()
-        self._keep(tmp, sha, len(data))
-        return ArtifactFile("", sha, len(data))
+        return ArtifactFile("", sha, len(data), self._keep(tmp, sha, len(data)))
 
     def capture_written(self, write: Callable[[str], None]) -> ArtifactFile:
         """Capture a file that `write(path)` creates (a figure or image saved by its library)."""
@@ -181,8 +191,7 @@ class ArtifactStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._keep(tmp, sha, size)
-        return ArtifactFile("", sha, size)
+        return ArtifactFile("", sha, size, self._keep(tmp, sha, size))
 
     def capture_dir(self, src: Path) -> tuple[ArtifactFile, ...]:
         """Capture every regular file under `src`, in sorted order.
@@ -192,6 +201,7 @@ class ArtifactStore:
         each is named in a warning.
         """
         files, skipped = [], []
+        seen: dict[str, str] = {}
         for folder, dirs, names in os.walk(src):
             skipped += [Path(folder) / d for d in dirs if (Path(folder) / d).is_symlink()]
             dirs.sort()
@@ -200,7 +210,13 @@ class ArtifactStore:
                 if not path.is_file():  # a socket, a pipe, a broken link
                     skipped.append(path)
                     continue
-                files.append(self.capture_file(path, path.relative_to(src).as_posix()))
+                file = self.capture_file(path, path.relative_to(src).as_posix())
+                if file.sha256 in seen:  # the same content again in this folder: one copy
+                    os.unlink(self.root / file.blob)
+                    self.files, self.bytes = self.files - 1, self.bytes - file.size
+                    file = file._replace(blob=seen[file.sha256])
+                seen[file.sha256] = file.blob
+                files.append(file)
         if skipped:
             _log.warning(
                 "log_artifact %s: left out %d entries that are not regular files or are "
@@ -502,6 +518,74 @@ def checkpoint_name(path: Path, mode: str, best: bool) -> str | None:
     return None
 
 
+# -- freeing what every backend has ------------------------------------------------------
+
+
+class Reaper:
+    """Frees captured files once every tracker backend's saved cursor has passed their frame.
+
+    Called by a delivery after it made an artifact durable
+    (`_delivery.Delivery.on_artifact`). It reads the durable cursors as saved
+    in the run directory (what ``tracelet sync`` would resume from: a backend
+    whose cursor was not saved holds everything back), and removes the
+    captured copies of the artifact frames before the lowest one. Each frame
+    has copies of its own (`ArtifactStore._keep`), so nothing logged later
+    is touched. The journal is read once overall, from where the last call
+    stopped.
+    """
+
+    def __init__(self, run_dir: Path, states: list[Path]) -> None:
+        from tracelet._rundir import JOURNAL_FILE
+
+        self.journal = run_dir / JOURNAL_FILE
+        self.root = run_dir / ARTIFACTS_DIR
+        self.states = states
+        self.freed = 0  # bytes removed
+        self._scanned = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            low = self._lowest_cursor()
+            if low <= self._scanned:
+                return
+            try:
+                with self.journal.open("rb") as f:
+                    f.seek(self._scanned)
+                    while self._scanned < low:
+                        line = f.readline()
+                        if not line.endswith(b"\n"):
+                            break
+                        self._scanned += len(line)
+                        if line.startswith(b'{"a":'):
+                            self._free(line)
+            except OSError as exc:  # the run directory deleted: nothing to free
+                _log.debug("captured files not freed: %r", exc)
+
+    def _lowest_cursor(self) -> int:
+        offsets = []
+        for path in self.states:
+            try:
+                offsets.append(int(json.loads(path.read_text())["offset"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                return 0
+        return min(offsets, default=0)
+
+    def _free(self, line: bytes) -> None:
+        try:
+            artifact = Artifact.from_json(json.loads(line)["a"])
+        except (ValueError, KeyError, TypeError):
+            return
+        for file in artifact.files:
+            path = self.root / (file.blob or file.sha256)
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:  # a folder's repeated content, freed once
+                continue
+            self.freed += size
+
+
 # -- disk use --------------------------------------------------------------------------
 
 
@@ -519,10 +603,11 @@ def captured_bytes(run_dir: Path) -> tuple[int, int]:
 def release(run_dir: Path, delivered: bool) -> None:
     """Free the captured files once every backend has them; else say where they are kept."""
     files, size = captured_bytes(run_dir)
+    if delivered:
+        shutil.rmtree(run_dir / ARTIFACTS_DIR, ignore_errors=True)
     if not files:
         return
     if delivered:
-        shutil.rmtree(run_dir / ARTIFACTS_DIR, ignore_errors=True)
         _log.info(
             "run directory %s: %d captured artifact files (%s) delivered to every backend; freed",
             run_dir,

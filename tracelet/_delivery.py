@@ -69,6 +69,9 @@ class JournalSource(Protocol):
 class Delivery:
     """Delivers a run's journal to one exporter on a thread of its own."""
 
+    #: Called after an artifact was uploaded and made durable (frees captured files).
+    on_artifact: Callable[[], None] | None = None
+
     def __init__(
         self,
         backend: str,
@@ -229,6 +232,11 @@ class Delivery:
             # An uploaded artifact is made durable at once: never uploaded again after a crash.
             if batch.artifacts or time.monotonic() - self._last_durable >= DURABLE_EVERY:
                 self._make_durable()
+            if batch.artifacts and self.on_artifact is not None:
+                try:
+                    self.on_artifact()
+                except Exception as exc:  # freeing disk must never stop delivery
+                    _log.warning("could not free delivered artifact files: %r", exc)
         if self._sent_offset < end:  # only a damaged tail was left: nothing more to read
             self._sent_offset = end
 

@@ -214,7 +214,11 @@ class Experiment:
 
     @property
     def artifact_bytes(self) -> int:
-        """Bytes captured in the run directory by this run's artifacts so far (disk use)."""
+        """Bytes this run's artifacts captured into the run directory so far.
+
+        Each copy is removed once every tracker backend has it
+        (``docs/concepts/artifacts.md``), so the disk held is at most this.
+        """
         return self._artifacts.bytes
 
     def span(self, name: str, **attributes: Any) -> SpanScope:

@@ -173,6 +173,10 @@ class Run:
             )
             for backend, cls in trackers.items()
         ]
+        # Captured artifact files go once every tracker has made them durable.
+        reaper = _artifacts.Reaper(self.run_dir, [d.state_path for d in self.deliveries])
+        for delivery in self.deliveries:
+            delivery.on_artifact = reaper
         self.telemetry = Telemetry(
             {**resource_attributes(self.run_id, self.project, self.name), **provenance.resource},
             self.latest,

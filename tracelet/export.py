@@ -74,12 +74,14 @@ class ArtifactFile(NamedTuple):
 
     #: Path inside the artifact, ``/``-separated; ``""`` for a single-file artifact.
     path: str
-    #: SHA-256 of the content (hex): also the name of the captured copy.
+    #: SHA-256 of the content (hex).
     sha256: str
     size: int
+    #: Name of the captured copy in the run's ``artifacts`` folder (``""``: the hash).
+    blob: str = ""
 
 
-#: The folder of the run directory holding captured files, one per content hash.
+#: The folder of the run directory holding the captured files.
 ARTIFACTS_DIR = "artifacts"
 
 
@@ -126,14 +128,14 @@ class Artifact:
     def local_path(self, file: ArtifactFile | None = None) -> str:
         """Where the captured copy of `file` (default: the only file) lies."""
         f = file if file is not None else self.files[0]
-        return os.path.join(self.root, ARTIFACTS_DIR, f.sha256)
+        return os.path.join(self.root, ARTIFACTS_DIR, f.blob or f.sha256)
 
     def to_json(self) -> dict[str, Any]:
         """The journal form (``{"a": ...}`` frames)."""
         return {
             "name": self.name,
             "kind": self.kind,
-            "files": [list(f) for f in self.files],
+            "files": [list(f) if f.blob else list(f[:3]) for f in self.files],
             "step": self.step,
             "media_type": self.media_type,
             "time": self.timestamp_ns,
@@ -144,7 +146,10 @@ class Artifact:
         return cls(
             name=str(data["name"]),
             kind=str(data["kind"]),
-            files=tuple(ArtifactFile(str(p), str(h), int(n)) for p, h, n in data["files"]),
+            files=tuple(
+                ArtifactFile(str(f[0]), str(f[1]), int(f[2]), str(f[3]) if len(f) > 3 else "")
+                for f in data["files"]
+            ),
             step=None if data.get("step") is None else int(data["step"]),
             media_type=data.get("media_type"),
             timestamp_ns=int(data.get("time") or 0),
