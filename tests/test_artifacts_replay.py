@@ -79,6 +79,7 @@ def test_images_replayed_after_a_crash_are_stored_once(
     # The cursors are rewound below as if they had never been saved: the captured
     # files must still be there, as they would be (they go once the saved cursors pass).
     monkeypatch.setattr(_artifacts.Reaper, "__call__", lambda self: None)
+    monkeypatch.setattr(_artifacts, "release", lambda run_dir, delivered: None)
     exp = tracelet.start_logging(
         project="replay",
         exp_name="images",

@@ -365,7 +365,7 @@ class Run:
         self._log_report(self.report)
         if self.report.complete and not self._keep_journal:
             self.history.path.unlink(missing_ok=True)
-        _artifacts.release(self.run_dir, delivered=not self.history.path.exists())
+        _artifacts.release(self.run_dir, delivered=self.report.complete)
         return self.report
 
     def _make_report(self, status: RunStatus) -> RunReport:

@@ -231,7 +231,7 @@ def _sync_locked(
         _rundir.update_run(run_dir, status=final.value, complete=complete, synced=time.time())
         if complete and not keep_journal:
             journal.path.unlink(missing_ok=True)
-        _artifacts.release(run_dir, delivered=not journal.path.exists())
+        _artifacts.release(run_dir, delivered=complete)
     return ordered
 
 
