@@ -326,3 +326,27 @@ def test_captured_files_stay_while_one_backend_has_not_got_them(
         assert blobs(exp)  # kept for tracelet sync
     finally:
         StallingExporter.release.set()
+
+
+def test_a_full_disk_at_capture_is_a_clear_error_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from tracelet._artifacts import ArtifactStore
+
+    exp = memory_run()
+    (tmp_path / "big.bin").write_bytes(b"x" * 1000)
+
+    def full(self: ArtifactStore, source: Any, fd: int) -> tuple[str, int]:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ArtifactStore, "_clone_or_copy", full)
+    with pytest.raises(OSError, match=r"big\.bin.*No space left on device; nothing was recorded"):
+        exp.log_artifact(tmp_path / "big.bin")
+    assert not list(exp.run_dir.glob("artifacts/.capture-*"))  # no partial copy left
+    monkeypatch.undo()
+    exp.log_metric("loss", 1.0, iteration=0)
+    exp.log_artifact(tmp_path / "big.bin")
+    assert exp.end().complete
+    assert list(delivered(exp)) == ["big.bin"]

@@ -331,6 +331,14 @@ def log_artifact(run: Run, store: ArtifactStore, path: Any, name: Any | None) ->
         raise PermissionError(
             exc.errno, f"log_artifact: cannot read {exc.filename or str(path)!r}", str(path)
         ) from exc
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # a full disk, an I/O error: say what and where
+        raise OSError(
+            exc.errno,
+            f"log_artifact: cannot capture {str(path)!r} into {str(store.root)!r}: "
+            f"{exc.strerror or exc}; nothing was recorded",
+        ) from exc
     return _record(run, chosen, "dir" if is_dir else "file", files)
 
 
