@@ -350,3 +350,30 @@ def test_a_full_disk_at_capture_is_a_clear_error_and_the_run_goes_on(
     exp.log_artifact(tmp_path / "big.bin")
     assert exp.end().complete
     assert list(delivered(exp)) == ["big.bin"]
+
+
+def test_a_copy_on_write_clone_is_hashed_as_captured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracelet import _artifacts
+
+    def clone(src: int, dst: int) -> bool:  # what FICLONE leaves: dst holds src's bytes
+        size = os.fstat(src).st_size
+        os.sendfile(dst, src, 0, size)
+        return True
+
+    monkeypatch.setattr(_artifacts, "_clone", clone)
+    exp = memory_run()
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    (tmp_path / "w.bin").write_bytes(data)
+    logged = exp.log_artifact(tmp_path / "w.bin")
+    (tmp_path / "w.bin").write_bytes(b"later")
+    assert logged is not None
+    assert logged.files[0] == (
+        "",
+        hashlib.sha256(data).hexdigest(),
+        len(data),
+        logged.files[0].blob,
+    )
+    exp.end()
+    assert delivered(exp)["w.bin"][1][""] == data

@@ -153,6 +153,7 @@ class ArtifactStore:
     def _clone_or_copy(self, source: Any, fd: int) -> tuple[str, int]:
         if self._clone and _clone(source.fileno(), fd):
             with open(fd, "rb", closefd=False) as clone:
+                clone.seek(0)
                 digest = hashlib.file_digest(clone, "sha256")
             return digest.hexdigest(), os.fstat(fd).st_size
         self._clone = False
@@ -229,22 +230,17 @@ class ArtifactStore:
 
 
 def _clone(src: int, dst: int) -> bool:
-    """Clone `src` into `dst` copy-on-write; False where the filesystem cannot."""
+    """Clone `src` into `dst` copy-on-write; False where the filesystem cannot.
+
+    Any refusal (no such ioctl, another filesystem, no reflink support) falls
+    back to a copy: a clone is all or nothing, so `dst` is still empty then.
+    """
     try:
         import fcntl
 
         fcntl.ioctl(dst, FICLONE, src)
     except (ImportError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.errno not in (
-            errno.EOPNOTSUPP,
-            errno.ENOTTY,
-            errno.EXDEV,
-            errno.EINVAL,
-            errno.ENOSYS,
-            errno.EBADF,
-            errno.EPERM,
-        ):
-            raise
+        _log.debug("no copy-on-write clone here (%r): captured files are copied", exc)
         return False
     return True
 
