@@ -9,6 +9,12 @@
   tags → task tags (``key:value`` labels). The user property
   ``tracelet_run_id`` links the task to the run, ``tracelet_status`` records
   how it ended; a FAILED run is marked failed, a KILLED one stopped.
+- Artifacts (`tracelet.export.Artifact`) go up with ``Task.upload_artifact``
+  under their name (a directory as ClearML packs folders, a zip), waiting for
+  the upload; an image or figure logged with an iteration is also a debug
+  image (``Logger.report_image``, title/series split like metric names) at that
+  iteration. An artifact uploaded again replaces itself; a debug image
+  replayed after a crash is skipped like the points (`tracelet.exporters._replay`).
 - NaN is left out of the plot and ±inf is sent as ±3.4e38, unless
   ``nan_value``/``inf_value`` say otherwise: ClearML cannot store either, and
   would otherwise turn both into 0.0.
@@ -35,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tracelet.export import (
+    Artifact,
     Batch,
     ExporterOptions,
     ExportResult,
@@ -43,6 +50,7 @@ from tracelet.export import (
     RunStatus,
     TrackerExporter,
 )
+from tracelet.exporters._artifact_files import media_key, staged
 from tracelet.exporters._clearml_translate import (
     FLOAT32_MAX,
     frameworks,
@@ -211,6 +219,8 @@ class ClearMLExporter(TrackerExporter):
             task.update_parameters(hyperparameters(batch.params, cfg.params_section))
         if batch.tags:
             task.set_tags(self._tags.update(batch.tags))
+        for artifact in batch.artifacts:
+            self._upload(artifact)
         points = batch.metrics
         if not points:
             return ExportResult.SUCCESS
@@ -229,6 +239,24 @@ class ClearMLExporter(TrackerExporter):
                 continue  # the task stored it before the crash
             report(pair[0], pair[1], value, step)
         return ExportResult.SUCCESS
+
+    def _upload(self, artifact: Artifact) -> None:
+        """``upload_artifact`` under the artifact's name; an image at a step, a debug image too."""
+        with staged(artifact) as path:
+            if not self._task.upload_artifact(
+                artifact.name,
+                artifact_object=path,
+                metadata={"sha256": artifact.files[0].sha256} if not artifact.is_dir else None,
+                wait_on_upload=True,
+            ):
+                raise RuntimeError(f"ClearML did not upload artifact {artifact.name!r}")
+            if not (artifact.is_image and artifact.step is not None):
+                return
+            title, series = title_series(media_key(artifact.name))
+            if self._tail and self._tail.holds(event_key(title, series), artifact.step):
+                return  # the task stored this image before a crash
+            self._logger.report_image(title, series, iteration=artifact.step, local_path=str(path))
+            self._task.flush(wait_for_uploads=True)
 
     def _pair(self, name: str) -> tuple[str, str]:
         """(title, series) of a metric, never shared with another (``loss`` vs ``loss/loss``)."""
@@ -346,7 +374,7 @@ def stored_events(previous: dict[str, Any]) -> list[Entry]:
             _log.warning("%s holds a line that is not JSON; skipped", path)
             continue
         for event in events:
-            if event.get("type") == "training_stats_scalar":
+            if event.get("type") in ("training_stats_scalar", "training_debug_image"):
                 entries.append((event_key(event["metric"], event["variant"]), int(event["iter"])))
     return entries
 

@@ -18,6 +18,14 @@ r"""MLflow exporter: one MLflow run per tracelet run, written with ``MlflowClien
   by default) are replaced by ``http_max_retries`` for this exporter's client
   only: tracelet retries a failed batch itself, with backoff, from the journal.
   The environment and the user's own MLflow clients are left alone.
+- Artifacts (`tracelet.export.Artifact`) go up with ``MlflowClient.log_artifact``
+  / ``log_artifacts`` under their name's folder (a directory under its name);
+  an image or figure logged with an iteration goes through
+  ``MlflowClient.log_image(key=..., step=...)`` (the UI's image charts), with
+  the call's time as its timestamp. An upload retried, or replayed by
+  ``tracelet sync``, overwrites the same path with the same content; an image
+  at a step is looked for first (its file name holds key, step and time), so
+  it is never stored twice.
 - When resumed (``tracelet sync``), the run is reopened in the store it was
   created in (the absolute tracking URI kept in its resume state), unless
   ``tracking_uri`` is given again.
@@ -28,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import sys
 import threading
 import time
@@ -38,6 +47,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 
 from tracelet.export import (
+    Artifact,
     Batch,
     ExporterOptions,
     ExportResult,
@@ -45,6 +55,7 @@ from tracelet.export import (
     RunStatus,
     TrackerExporter,
 )
+from tracelet.exporters._artifact_files import media_key, staged
 from tracelet.exporters._translate import NameMapper, chunks, tag_dict, truncate
 from tracelet.toolkit import redact_url
 
@@ -163,6 +174,8 @@ class MLflowExporter(TrackerExporter):
         resume = (run.resume or {}).get("run_id") or self.config.run_id
         if not resume and run.attach != "new":
             resume = self._find(run)  # the job's run, opened by rank 0 or an earlier part
+        #: An image at a step may be stored already (resumed, or an upload failed): look first.
+        self._unsure = bool(resume)
         if resume:
             self._run_id = resume
             self._client.update_run(resume, status="RUNNING")
@@ -236,7 +249,69 @@ class MLflowExporter(TrackerExporter):
             self._http.timeout = min(self.config.http_timeout, max(1.0, timeout_millis / 1000))
         for metrics, params, tags in batch_requests(batch, self._key):
             self._client.log_batch(self._run_id, metrics=metrics, params=params, tags=tags)
+        for artifact in batch.artifacts:
+            try:
+                self._upload(artifact)
+            except BaseException:
+                self._unsure = True
+                raise
         return ExportResult.SUCCESS
+
+    def _upload(self, artifact: Artifact) -> None:
+        client, run_id = self._client, self._run_id
+        if artifact.is_image and artifact.step is not None:
+            # Past the first image the run does not hold, none is held: stop looking.
+            self._unsure = self._log_image(artifact)
+            return
+        folder = posixpath.dirname(artifact.name) or None
+        with staged(artifact) as path:
+            if artifact.is_dir:
+                client.log_artifacts(run_id, str(path), artifact_path=artifact.name)
+            else:
+                client.log_artifact(run_id, str(path), artifact_path=folder)
+
+    def _log_image(self, artifact: Artifact) -> bool:
+        """``log_image`` at the artifact's step, unless this exact image is stored already.
+
+        Returns True when it was stored already (looked for only while unsure).
+
+        MLflow's image logging needs Pillow and numpy; without them (``mlflow-skinny``)
+        the image is uploaded as a file under its name instead, with a warning.
+        """
+        try:
+            import numpy  # noqa: F401  # MLflow's log_image imports it
+            from PIL import Image
+        except ImportError as exc:
+            if not getattr(self, "_warned_media", False):
+                self._warned_media = True
+                _log.warning(
+                    "MLflow logs images at a step with Pillow and numpy (%s); images are "
+                    "uploaded as files instead: pip install 'tracelet[media]'",
+                    exc,
+                )
+            with staged(artifact) as path:
+                folder = posixpath.dirname(artifact.name) or None
+                self._client.log_artifact(self._run_id, str(path), artifact_path=folder)
+            return False
+
+        key = media_key(artifact.name)
+        timestamp = artifact.timestamp_ns // 1_000_000
+        if self._unsure:
+            prefix = f"images/{key.replace('/', '~')}+step+{artifact.step}+timestamp+{timestamp}+"
+            stored = self._client.list_artifacts(self._run_id, "images")
+            if any(f.path.startswith(prefix) and f.path.endswith(".png") for f in stored):
+                return True
+        with Image.open(artifact.local_path()) as image:
+            image.load()
+            self._client.log_image(
+                self._run_id,
+                image,
+                key=key,
+                step=artifact.step,
+                timestamp=timestamp,
+                synchronous=True,
+            )
+        return False
 
     def shutdown(
         self, timeout_millis: float = 30_000, status: RunStatus = RunStatus.FINISHED, **kwargs: Any

@@ -13,6 +13,13 @@
   ``WANDB_API_KEY``, ...) apply to whatever ``config`` leaves unset.
 - tracelet's run is its own (``reinit="create_new"``): it neither finishes nor
   becomes the ``wandb.run`` of code that uses W&B directly.
+- Artifacts (`tracelet.export.Artifact`) become files of the run (``run.dir``,
+  under their name, saved with ``run.save(policy="now")``), uploaded with the
+  run (a name W&B keeps for its own files, like ``config.yaml``, under
+  ``tracelet/``); an image or figure logged with an iteration is also a ``wandb.Image``
+  in a row of its own at that step (on the ``tracelet/step`` axis). Writing a
+  file again is harmless; an image row replayed after a crash is skipped like
+  the points (`tracelet.exporters._replay`).
 - A command line with secret-looking values (``--api-key X``) turns W&B's own
   metadata capture off for the run (`_private_meta`): W&B would store it
   unmasked.
@@ -29,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tracelet.export import (
+    Artifact,
     Batch,
     ExporterOptions,
     ExportResult,
@@ -37,6 +45,7 @@ from tracelet.export import (
     RunStatus,
     TrackerExporter,
 )
+from tracelet.exporters._artifact_files import link_or_copy, media_key
 from tracelet.exporters._replay import Entry, RetryMark, StoredTail, pending_entries
 from tracelet.exporters._translate import TagLabels
 from tracelet.exporters._wandb_translate import (
@@ -50,6 +59,23 @@ from tracelet.exporters._wandb_translate import (
 from tracelet.toolkit import iter_wandb_history, redact_command
 
 _log = logging.getLogger("tracelet")
+
+#: Names W&B gives its own files in a run's ``files`` folder (never overwritten).
+RESERVED_FILES = frozenset(
+    {
+        "config.yaml",
+        "wandb-metadata.json",
+        "wandb-summary.json",
+        "output.log",
+        "requirements.txt",
+        "conda-environment.yaml",
+        "diff.patch",
+        "media",
+        "code",
+        "artifact",
+        "upstream_diff",
+    }
+)
 
 #: ``run.finish(exit_code=...)`` per final status; W&B shows non-zero as failed.
 EXIT_CODES = {RunStatus.FINISHED: 0, RunStatus.FAILED: 1, RunStatus.KILLED: 255}
@@ -167,6 +193,8 @@ class WandbExporter(TrackerExporter):
             run.config.update(batch.params, allow_val_change=True)
         if batch.tags:
             run.tags = tuple(self._tags.update(batch.tags))
+        for artifact in batch.artifacts:
+            self._upload(artifact)
         if not batch.metrics:
             return ExportResult.SUCCESS
         # A retried batch resumes after the rows a failed attempt already logged,
@@ -175,6 +203,28 @@ class WandbExporter(TrackerExporter):
             run.log(row, step=self._next_step, commit=True)
             self._next_step += 1
         return ExportResult.SUCCESS
+
+    def _upload(self, artifact: Artifact) -> None:
+        """The artifact's files into the run's files; an image at a step, a row too."""
+        import wandb
+
+        run, files = self._run, Path(self._run.dir)
+        name = artifact.name
+        if name.split("/")[0] in RESERVED_FILES:
+            name = f"tracelet/{name}"
+            _log.warning("W&B keeps %r for its own file; stored as %r", artifact.name, name)
+        for f in artifact.files:
+            dst = files / name / f.path if f.path else files / name
+            link_or_copy(artifact.local_path(f), dst)
+            run.save(str(dst), base_path=str(files), policy="now")
+        if not (artifact.is_image and artifact.step is not None):
+            return
+        key = self._key(media_key(artifact.name))
+        if self._tail and self._tail.holds(key, artifact.step):
+            return  # the run stored this row before a crash
+        image = wandb.Image(str(dst))  # the copy under its own name: W&B reads its suffix
+        run.log({key: image, STEP_KEY: artifact.step}, step=self._next_step, commit=True)
+        self._next_step += 1
 
     def _rows(self, points: Sequence[MetricPoint]) -> list[Row]:
         if self._tail:  # resumed after a crash: leave out what the run holds already
@@ -251,7 +301,7 @@ def read_previous_rows(
             if rows_from is None or step < rows_from or (below is not None and step >= below):
                 continue
             if STEP_KEY in row:
-                stored += [(k, int(row[STEP_KEY])) for k in row if k not in RESERVED_KEYS]
+                stored += row_entries(row)
         if start == 0 or (first is not None and (rows_from is None or first <= rows_from)):
             return last, stored
         window *= 4
@@ -266,6 +316,15 @@ def _flush_often(wandb: Any) -> dict[str, Any]:
     if "x_transaction_log_flush_interval" in getattr(wandb.Settings, "model_fields", {}):
         return {"x_transaction_log_flush_interval": FLUSH_INTERVAL}
     return {}
+
+
+def row_entries(row: dict[str, Any]) -> list[Entry]:
+    """The ``(key, tracelet step)`` pairs a stored row holds; an image (``key.path``, ...) once."""
+    step = int(row[STEP_KEY])
+    images = [k[:-6] for k, v in row.items() if k.endswith("._type") and v == "image-file"]
+    parts = tuple(f"{i}." for i in images)
+    keys = [k for k in row if k not in RESERVED_KEYS and not (parts and k.startswith(parts))]
+    return [(k, step) for k in [*keys, *images]]
 
 
 def _private_meta(settings: dict[str, Any] | None) -> dict[str, Any]:

@@ -223,6 +223,7 @@ class OTLPReceiver:
                                 "attributes": attributes(span.attributes),
                                 "status": span.status.code,
                                 "events": [e.name for e in span.events],
+                                "event_attributes": [attributes(e.attributes) for e in span.events],
                                 "start": span.start_time_unix_nano,
                                 "end": span.end_time_unix_nano,
                             }

@@ -95,6 +95,8 @@ def read_wandb(state: dict[str, Any]) -> Stored:
     wandb_written()
     run = read_wandb_run(state["sync_file"])
     keys = {k for row in run.rows for k in row if not k.startswith("_") and k != "tracelet/step"}
+    media = tuple({k[: -len("_type")] for k in keys if k.endswith("._type")})  # "img." of images
+    keys = {k for k in keys if not (media and k.startswith(media))}
     return Stored(
         name=run.name,
         series={k: run.history(k) for k in keys},

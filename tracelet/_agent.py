@@ -49,7 +49,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tracelet import _launch, _registry, _rundir, _secrets
+from tracelet import _artifacts, _launch, _registry, _rundir, _secrets
 from tracelet._delivery import Delivery
 from tracelet._journal import FrameCache, count_points
 from tracelet._logs import brief
@@ -125,6 +125,10 @@ class Agent:
         }
         options = _registry.build_options(classes, {n: options_in[n] for n in classes})
         self.deliveries: list[Delivery] = []
+        # Captured artifact files go once every tracker of the run (this agent's,
+        # and any the trainer delivers itself) has made them durable.
+        trackers = hello.get("trackers") or list(classes)
+        reaper = _artifacts.Reaper(run_dir, [_rundir.state_path(run_dir, n) for n in trackers])
         for name, cls in classes.items():
             path = _rundir.state_path(run_dir, name)
             state = _rundir.read_state(path)
@@ -137,6 +141,7 @@ class Agent:
             )
             delivery = Delivery(name, cls(options[name]), info, self.journal, path)
             delivery.restore(state)
+            delivery.on_artifact = reaper
             self.deliveries.append(delivery)
 
     # -- what the trainer says ----------------------------------------------------
@@ -235,6 +240,7 @@ class Agent:
             # run_id after a restart, `tracelet._resume`) appends to it and counts on it.
             if self.cleanup and not self.keep_journal:
                 self.journal.path.unlink(missing_ok=True)
+                _artifacts.release(self.run_dir, delivered=True)
         else:
             total = self._total()
             for d in self.deliveries:

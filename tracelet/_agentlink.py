@@ -54,6 +54,7 @@ class AgentLink:
         close_timeout: float,
         grace: float,
         keep_journal: bool,
+        trackers: list[str],
         on_lost: Callable[[int], None],
     ) -> None:
         self.run_dir = run_dir
@@ -92,6 +93,7 @@ class AgentLink:
             "close_timeout": close_timeout,
             "grace": grace,
             "keep_journal": keep_journal,
+            "trackers": trackers,
             "log_level": _log.getEffectiveLevel(),
         }
         self._send({"hello": hello})

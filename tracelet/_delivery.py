@@ -41,7 +41,7 @@ from typing import Any, Protocol
 from opentelemetry import context as otel_context
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 
-from tracelet import _secrets
+from tracelet import _artifacts, _secrets
 from tracelet._journal import read_batches
 from tracelet._launch import rank_batch
 from tracelet._logs import brief
@@ -69,6 +69,9 @@ class JournalSource(Protocol):
 
 class Delivery:
     """Delivers a run's journal to one exporter on a thread of its own."""
+
+    #: Called after an artifact was uploaded and made durable (frees captured files).
+    on_artifact: Callable[[], None] | None = None
 
     def __init__(
         self,
@@ -259,14 +262,24 @@ class Delivery:
             if self.run.rank is not None:  # all-ranks mode: rank<N>/ names
                 batch = rank_batch(batch, self.run.rank)
             remaining_ms = (self._deadline - time.monotonic()) * 1000
-            timeout_ms = min(_EXPORT_TIMEOUT_MS, max(1000.0, remaining_ms))
+            longest = _EXPORT_TIMEOUT_MS
+            if batch.artifacts:  # captured files, in the run directory; time to upload them
+                batch.artifacts = _artifacts.located(batch.artifacts, self.history.path.parent)
+                longest = _artifacts.upload_timeout_ms(batch.artifacts, _EXPORT_TIMEOUT_MS)
+            timeout_ms = min(longest, max(1000.0, remaining_ms))
             result = self.exporter.export(batch, timeout_millis=timeout_ms)
             if result is not ExportResult.SUCCESS:
                 raise RuntimeError(f"exporter returned {result}")
             self._sent_offset, self._sent = offset, self._sent + points
             self._progressed()
-            if time.monotonic() - self._last_durable >= DURABLE_EVERY:
+            # An uploaded artifact is made durable at once: never uploaded again after a crash.
+            if batch.artifacts or time.monotonic() - self._last_durable >= DURABLE_EVERY:
                 self._make_durable()
+            if batch.artifacts and self.on_artifact is not None:
+                try:
+                    self.on_artifact()
+                except Exception as exc:  # freeing disk must never stop delivery
+                    _log.warning("could not free delivered artifact files: %r", exc)
         if self._sent_offset < end:  # only a damaged tail was left: nothing more to read
             self._sent_offset = end
 

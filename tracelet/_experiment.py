@@ -11,20 +11,21 @@ thread writes the queue to the run journal; one delivery thread per backend
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tracelet import _lifecycle, _validate
+from tracelet import _artifacts, _lifecycle, _validate
 from tracelet._agentlink import AgentBackend
 from tracelet._delivery import Delivery
 from tracelet._history import History
 from tracelet._otel import Telemetry
 from tracelet._run import BackendReport, Run, RunReport, RunState
 from tracelet._tracing import SpanScope
-from tracelet.export import RunStatus
+from tracelet.export import Artifact, RunStatus
 from tracelet.integrations import _auto
 
 __all__ = ["BackendReport", "Experiment", "RunReport"]
@@ -45,6 +46,7 @@ class Experiment:
         self.run_dir: Path = run.run_dir
         self._run = run
         self._put = run.put  # bound once: log_metric's hot path
+        self._artifacts = _artifacts.ArtifactStore(run.run_dir)
 
     # -- logging ----------------------------------------------------------------
 
@@ -117,6 +119,109 @@ class Experiment:
     def set_tag(self, key: str, value: Any) -> None:
         """Set one run tag (see `set_tags`)."""
         self.set_tags({key: value})
+
+    # -- artifacts and media (tracelet._artifacts) -----------------------------------
+
+    def log_artifact(
+        self, path: str | os.PathLike[str], name: str | None = None
+    ) -> Artifact | None:
+        """Record a file or a directory as it is now; uploaded to every backend.
+
+        Its content is captured before the call returns (a copy-on-write clone
+        or a streamed copy into the run directory, hashed), so rewriting or
+        deleting the file afterwards changes nothing that is delivered. The
+        upload happens off the training thread, retried until it succeeds.
+
+        Args:
+            path: a file or a directory (its files, recursively).
+            name: its path inside the run (default: the file or directory name),
+                e.g. ``"model/weights.pt"``.
+
+        Returns:
+            What was recorded (name, files, hashes, sizes); None in a forked child.
+
+        Raises:
+            FileNotFoundError: nothing at `path`.
+            PermissionError: a file cannot be read.
+            ValueError: `name` is empty, absolute or escapes the run (``..``).
+            ExperimentClosedError: the experiment has ended.
+        """
+        if not _artifacts.accepting(self._run):
+            return None
+        return _artifacts.log_artifact(self._run, self._artifacts, path, name)
+
+    def log_text(self, text: str, name: str) -> Artifact | None:
+        """Record `text` as the UTF-8 file `name` inside the run (e.g. ``"notes/summary.md"``)."""
+        if not _artifacts.accepting(self._run):
+            return None
+        return _artifacts.log_text(self._run, self._artifacts, text, name)
+
+    def log_dict(self, data: dict[str, Any], name: str) -> Artifact | None:
+        """Record `data` as the file `name`: YAML for ``.yaml``/``.yml`` (needs PyYAML), else JSON.
+
+        Raises:
+            TypeError: `data` cannot be written in that format.
+            ImportError: YAML asked for and PyYAML is not installed.
+        """
+        if not _artifacts.accepting(self._run):
+            return None
+        return _artifacts.log_dict(self._run, self._artifacts, data, name)
+
+    def log_figure(self, figure: Any, name: str, iteration: int | None = None) -> Artifact | None:
+        """Record a matplotlib figure as a PNG (rendered now); ``.png`` is added to a bare name.
+
+        With `iteration`, trackers show it as an image at that step.
+        """
+        if not _artifacts.accepting(self._run):
+            return None
+        step = None if iteration is None else _validate.step(str(name), iteration)
+        return _artifacts.log_figure(self._run, self._artifacts, figure, name, step)
+
+    def log_image(self, image: Any, name: str, iteration: int | None = None) -> Artifact | None:
+        """Record an image: a numpy array, a PIL image, or an image file.
+
+        An array is HxW (gray), HxWx3 (RGB) or HxWx4 (RGBA), uint8 or float
+        in [0, 1]; arrays and PIL images are stored as PNG (``.png`` added to
+        a bare name), an image file as it is. With `iteration`, trackers show
+        it as an image at that step.
+
+        Raises:
+            ValueError: a wrong shape, float values outside [0, 1], a file that
+                is not an image.
+            TypeError: a wrong dtype or type.
+        """
+        if not _artifacts.accepting(self._run):
+            return None
+        step = None if iteration is None else _validate.step(str(name), iteration)
+        return _artifacts.log_image(self._run, self._artifacts, image, name, step)
+
+    def log_checkpoint(
+        self, path: str | os.PathLike[str], *, best: bool = False
+    ) -> Artifact | None:
+        """Log a checkpoint a framework saved, as the ``log_checkpoints`` setting asks.
+
+        For framework integrations (Lightning's ``after_save_checkpoint``, the
+        transformers callback's ``on_save``): ``off`` logs nothing, ``all``
+        every checkpoint as ``checkpoints/<name>``, ``last`` each one as
+        ``checkpoints/last<suffix>`` (replacing the previous), ``best`` only
+        those called with ``best=True``, as ``checkpoints/best<suffix>``.
+
+        Returns:
+            What was recorded, or None when the setting leaves it out.
+        """
+        name = _artifacts.checkpoint_name(Path(path), self._run.log_checkpoints, best)
+        if name is None:
+            return None
+        return self.log_artifact(path, name)
+
+    @property
+    def artifact_bytes(self) -> int:
+        """Bytes this run's artifacts captured into the run directory so far.
+
+        Each copy is removed once every tracker backend has it
+        (``docs/concepts/artifacts.md``), so the disk held is at most this.
+        """
+        return self._artifacts.bytes
 
     def span(self, name: str, **attributes: Any) -> SpanScope:
         """Record a phase of the run (an epoch, an evaluation, a checkpoint) as an OTel span.

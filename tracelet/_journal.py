@@ -7,6 +7,7 @@ killed process is simply not yet a frame::
     {"m": [[names], [values], [steps], [timestamps_ns]]}   metric points
     {"p": {key: value}}                                     params
     {"t": {key: value}}                                     tags
+    {"a": {name, kind, files, step, ...}}                   an artifact (`export.Artifact`)
 
 Frames are encoded with orjson where it is installed (measured: 125 µs per
 1,000 points against 717 µs for the standard `json`, on the trainer's journal
@@ -15,6 +16,9 @@ NaN or inf (it writes ``null``), so a frame whose values hold one has its
 values column written by `json`, as the JSON extensions ``NaN`` /
 ``Infinity``; such a line is read back by `json`, exactly. Both encoders
 write the same frames: journals stay readable whichever wrote them.
+
+An artifact frame is a batch of its own (`read_batches` ends the batch before
+and after it), so an exporter uploads it, and is retried, apart from points.
 
 Only complete lines are frames: a reader stops at a line without its ``\n``
 (the writer is still writing it, or was killed half-way), so nothing torn is
@@ -32,7 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from tracelet.export import Batch, MetricPoint
+from tracelet.export import Artifact, Batch, MetricPoint
 from tracelet.toolkit import line_start
 
 _log = logging.getLogger("tracelet")
@@ -118,6 +122,7 @@ class Frame(NamedTuple):
     metrics: list[MetricPoint]
     params: dict[str, Any] | None = None
     tags: dict[str, str] | None = None
+    artifact: Artifact | None = None
 
 
 _DAMAGED: list[MetricPoint] = []
@@ -137,6 +142,8 @@ def decode(line: bytes) -> Frame:
         return Frame(len(line), [], params=dict(frame["p"]))
     if "t" in frame:
         return Frame(len(line), [], tags=dict(frame["t"]))
+    if "a" in frame:
+        return Frame(len(line), [], artifact=Artifact.from_json(frame["a"]))
     return Frame(len(line), [])
 
 
@@ -151,6 +158,8 @@ def _add(batch: Batch, frame: Frame) -> int:
         batch.params.update(frame.params)
     if frame.tags:
         batch.tags.update(frame.tags)
+    if frame.artifact is not None:
+        batch.artifacts.append(frame.artifact)
     return len(frame.metrics)
 
 
@@ -215,9 +224,13 @@ def read_batches(
                 frame = Frame(len(line), _DAMAGED)
             if cache is not None:
                 cache.put(offset, frame)
+        alone = frame.artifact is not None
+        if alone and len(batch):  # an artifact goes in a batch of its own
+            yield batch, offset, points
+            batch, points = Batch(), 0
         points += _add(batch, frame)
         offset += frame.size
-        if points >= max_points:
+        if points >= max_points or (alone and len(batch)):
             yield batch, offset, points
             batch, points = Batch(), 0
     if len(batch):

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from tracelet import (
+    _artifacts,
     _launch,
     _lifecycle,
     _provenance,
@@ -138,6 +139,8 @@ class Run:
         self.report: RunReport | None = None
         self.close_timeout = settings.close_timeout
         self._keep_journal = settings.keep_journal
+        #: Which checkpoints integrations log as artifacts (`Experiment.log_checkpoint`).
+        self.log_checkpoints = settings.log_checkpoints
         self._next_step: dict[str, int] = {}
         self._end_lock = threading.Lock()
         self._ender: int | None = None  # the thread running `end`, while it runs
@@ -200,6 +203,11 @@ class Run:
         self._wake_at = self.history.wake_at
         self._info = info
         self._classes, self._options = trackers, options
+        # Captured artifact files go once every tracker has made them durable (the
+        # agent frees them the same way for the backends it delivers).
+        self._reaper = _artifacts.Reaper(
+            self.run_dir, [_rundir.state_path(self.run_dir, n) for n in trackers]
+        )
         self._wait = settings.wait_for_delivery
         self._fallback_lock = threading.Lock()
         self._fell_back = False
@@ -222,6 +230,7 @@ class Run:
                     close_timeout=settings.close_timeout,
                     grace=settings.agent_grace,
                     keep_journal=settings.keep_journal,
+                    trackers=list(trackers),
                     on_lost=self._agent_lost,
                 )
             except Exception as exc:  # no process can be started here: threads instead
@@ -289,6 +298,7 @@ class Run:
         )
         if state:
             delivery.restore(state)
+        delivery.on_artifact = self._reaper
         return delivery
 
     def _local(self) -> list[Delivery]:
@@ -405,6 +415,19 @@ class Run:
                 return
             self._queue.append(("t", tags))
 
+    def put_artifact(self, artifact: Any) -> None:
+        """Queue a captured artifact (`tracelet._artifacts`); written at once.
+
+        Raises:
+            ExperimentClosedError: the run has ended.
+        """
+        with self.lock:
+            if self.state is not _ACTIVE:
+                self._refuse()
+                return
+            self._queue.append(("a", artifact.to_json()))
+        self.history.wake()
+
     def _refuse(self) -> None:
         if self.state is RunState.FORKED:
             if not self._warned_child:
@@ -466,6 +489,8 @@ class Run:
         self._log_report(self.report)
         if self.report.complete and not self._keep_journal:
             self.history.path.unlink(missing_ok=True)
+        if not self.report.background:  # else the agent frees them once it is done
+            _artifacts.release(self.run_dir, delivered=self.report.complete)
         return self.report
 
     def _deliver_rest(self, status: RunStatus) -> bool:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracelet import _launch, _registry, _rundir, _secrets
+from tracelet import _artifacts, _launch, _registry, _rundir, _secrets
 from tracelet._delivery import Delivery
 from tracelet._journal import complete_size, count_points
 from tracelet._version import __version__
@@ -233,6 +233,7 @@ def _sync_locked(
         _rundir.update_run(run_dir, status=final.value, complete=complete, synced=time.time())
         if complete and not keep_journal:
             journal.path.unlink(missing_ok=True)
+        _artifacts.release(run_dir, delivered=complete)
     return ordered
 
 

@@ -18,6 +18,7 @@ Lifecycle, all on that thread::
 from __future__ import annotations
 
 import enum
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from tracelet._options import ExporterOptions
 
 __all__ = [
+    "Artifact",
+    "ArtifactFile",
     "Batch",
     "ExportResult",
     "ExporterOptions",
@@ -66,16 +69,108 @@ class MetricPoint(NamedTuple):
     timestamp_ns: int
 
 
+class ArtifactFile(NamedTuple):
+    """One file of an artifact, as captured in the run directory."""
+
+    #: Path inside the artifact, ``/``-separated; ``""`` for a single-file artifact.
+    path: str
+    #: SHA-256 of the content (hex).
+    sha256: str
+    size: int
+    #: Name of the captured copy in the run's ``artifacts`` folder (``""``: the hash).
+    blob: str = ""
+
+
+#: The folder of the run directory holding the captured files.
+ARTIFACTS_DIR = "artifacts"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file, directory or media item logged with the run (``Experiment.log_artifact`` ...).
+
+    Its content was captured when it was logged: each file is a read-only copy
+    in the run directory, named by its SHA-256, so an exporter uploads exactly
+    what the file held at the call, whatever happened to the original since.
+
+    Attributes:
+        name: its path inside the run, ``/``-separated (``"model/weights.pt"``).
+        kind: ``file``, ``dir``, ``text``, ``dict``, ``figure`` or ``image``.
+        files: the captured files (one for every kind but ``dir``).
+        step: the iteration of a figure or image logged with one, else None.
+        media_type: e.g. ``image/png``, ``application/json``; None when unknown.
+        timestamp_ns: wall-clock time of the call.
+        root: the run directory the captured copies are in (set on delivery).
+    """
+
+    name: str
+    kind: str
+    files: tuple[ArtifactFile, ...]
+    step: int | None = None
+    media_type: str | None = None
+    timestamp_ns: int = 0
+    root: str = ""
+
+    @property
+    def size(self) -> int:
+        """Bytes of all its files."""
+        return sum(f.size for f in self.files)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == "dir"
+
+    @property
+    def is_image(self) -> bool:
+        """True for an image or figure: trackers show it as media."""
+        return self.kind in ("image", "figure")
+
+    def local_path(self, file: ArtifactFile | None = None) -> str:
+        """Where the captured copy of `file` (default: the only file) lies."""
+        f = file if file is not None else self.files[0]
+        return os.path.join(self.root, ARTIFACTS_DIR, f.blob or f.sha256)
+
+    def to_json(self) -> dict[str, Any]:
+        """The journal form (``{"a": ...}`` frames)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "files": [list(f) if f.blob else list(f[:3]) for f in self.files],
+            "step": self.step,
+            "media_type": self.media_type,
+            "time": self.timestamp_ns,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Artifact:
+        return cls(
+            name=str(data["name"]),
+            kind=str(data["kind"]),
+            files=tuple(
+                ArtifactFile(str(f[0]), str(f[1]), int(f[2]), str(f[3]) if len(f) > 3 else "")
+                for f in data["files"]
+            ),
+            step=None if data.get("step") is None else int(data["step"]),
+            media_type=data.get("media_type"),
+            timestamp_ns=int(data.get("time") or 0),
+        )
+
+
 @dataclass
 class Batch:
-    """A slice of the run's history, in logging order within each kind."""
+    """A slice of the run's history, in logging order within each kind.
+
+    A batch that holds an artifact holds nothing else (`tracelet._journal`),
+    so an exporter can upload it, and be retried, without touching points.
+    """
 
     metrics: list[MetricPoint] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    artifacts: list[Artifact] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.metrics) + len(self.params) + len(self.tags)
+        return len(self.metrics) + len(self.params) + len(self.tags) + len(self.artifacts)
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,13 @@ class TraceletSettings(BaseSettings):
             "rank<N>/)."
         ),
     )
+    log_checkpoints: Literal["off", "last", "best", "all"] = Field(
+        default="off",
+        description=(
+            "Checkpoints the framework integrations log as artifacts: none (off), each "
+            "under one name that the next replaces (last), the best (best), or all."
+        ),
+    )
 
     @field_validator("backend", "unmasked_keys", mode="before")
     @classmethod

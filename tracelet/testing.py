@@ -22,6 +22,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader
 from tracelet import _otel
 from tracelet._readback import ClearMLSession, WandbRun, read_clearml_session, read_wandb_run
 from tracelet.export import (
+    Artifact,
     Batch,
     ExporterOptions,
     ExportResult,
@@ -54,6 +55,8 @@ class MemoryRun:
     tags: dict[str, str] = field(default_factory=dict)
     status: RunStatus | None = None
     batches: int = 0
+    #: Artifacts received, each with the content of its files (read at delivery).
+    artifacts: list[tuple[Artifact, dict[str, bytes]]] = field(default_factory=list)
 
     def history(self, name: str) -> list[tuple[int, float]]:
         """``(step, value)`` of one metric, in delivery order."""
@@ -83,6 +86,12 @@ class InMemoryExporter(TrackerExporter):
         self.run.metrics.extend(batch.metrics)
         self.run.params.update(batch.params)
         self.run.tags.update(batch.tags)
+        for artifact in batch.artifacts:
+            content = {}
+            for f in artifact.files:
+                with open(artifact.local_path(f), "rb") as data:
+                    content[f.path] = data.read()
+            self.run.artifacts.append((artifact, content))
         self.run.batches += 1
         return ExportResult.SUCCESS
 
