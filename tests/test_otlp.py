@@ -62,7 +62,9 @@ def test_grpc_receiver_gets_resource_metrics_and_spans(
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    exp = tracelet.start_logging("e1", "p1", backend=["memory", "otlp"], settings=QUIET)
+    # Rank 3 writes the trackers too (by default only global rank 0 does).
+    settings = QUIET.model_copy(update={"ranks": "all"})
+    exp = tracelet.start_logging("e1", "p1", backend=["memory", "otlp"], settings=settings)
     _train(exp)
     exp.end()
 
@@ -74,7 +76,8 @@ def test_grpc_receiver_gets_resource_metrics_and_spans(
 
     for resource in receiver.resources("metrics") + receiver.resources("traces"):
         assert resource["service.name"] == "tracelet"
-        assert resource["service.instance.id"] == exp.run_id
+        # one per process (OTel's rule): rank 3 of the job's run
+        assert resource["service.instance.id"] == f"{exp.run_id}-rank3"
         assert resource["tracelet.run_id"] == exp.run_id
         assert resource["tracelet.project"] == "p1"
         assert resource["tracelet.experiment"] == "e1"
