@@ -59,9 +59,9 @@ import numpy as np
 
 variant, steps = sys.argv[1], int(sys.argv[2])
 rng = np.random.default_rng(0)
-x = rng.standard_normal((64, 128))
-y = np.eye(10)[rng.integers(0, 10, 64)]
-w = np.zeros((128, 10))
+x = rng.standard_normal((224, 256))  # about 90 µs a step here, BLAS on one thread
+y = np.eye(10)[rng.integers(0, 10, 224)]
+w = np.zeros((256, 10))
 
 def step():
     global w
@@ -69,7 +69,7 @@ def step():
     z -= z.max(axis=1, keepdims=True)
     p = np.exp(z)
     p /= p.sum(axis=1, keepdims=True)
-    w -= 0.01 * (x.T @ (p - y)) / 64
+    w -= 0.01 * (x.T @ (p - y)) / 224
     return float(-np.log((p * y).sum(axis=1) + 1e-12).mean()), float(np.abs(w).mean())
 
 log = None
