@@ -72,7 +72,7 @@ class LiveJournal:
     """A journal another process appends to, read up to its last complete frame.
 
     The `_delivery.JournalSource` of a live run in the agent: `committed`
-    grows as the trainer writes, `final` is set once it will not any more.
+    grows as the trainer writes.
     """
 
     def __init__(self, path: Path) -> None:
@@ -80,7 +80,6 @@ class LiveJournal:
         self.committed = 0
         self.written = threading.Condition()
         self.cache = FrameCache()
-        self.final = False
         self._f = path.open("rb")
 
     def follow(self) -> None:
@@ -114,7 +113,6 @@ class Agent:
         self.trainer_gone = False
         self.terminated_at: float | None = None
         self.state = "starting"
-        self.error: str | None = None
         self._wake = threading.Event()
         self.journal = LiveJournal(run_dir / _rundir.JOURNAL_FILE)
         options_in: dict[str, Any] = hello.get("options") or {}
@@ -216,7 +214,6 @@ class Agent:
             )
             _rundir.update_run(self.run_dir, status=status.value)
         self.journal.follow()  # the trainer writes no more: this is the whole journal
-        self.journal.final = True
         self.state = "ending"
         deadline = time.monotonic() + self.patience
         if self.terminated_at is not None:
@@ -273,7 +270,6 @@ class Agent:
         status = {
             "pid": os.getpid(),
             "state": self.state,
-            "error": self.error,
             "journaled": self.journal.committed,
             "backends": {
                 d.backend: {
