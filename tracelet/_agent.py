@@ -191,6 +191,7 @@ class Agent:
                 self.report()
                 last_report = time.monotonic()
             self._wake.wait(FOLLOW_EVERY)
+            self._wake.clear()
         status = self.status
         if status is None and not self.trainer_gone:
             # Signalled while the trainer lives on and has not ended the run: leave the
