@@ -66,6 +66,9 @@ LOG_FILE = "agent.log"
 FOLLOW_EVERY = 0.1
 #: Seconds between rewrites of agent.json.
 REPORT_EVERY = 0.25
+#: How much lower than the trainer the agent runs (``nice``): it gives way when both
+#: want a core, and takes what the trainer leaves (all of it while the run closes).
+NICE = 10
 
 
 class LiveJournal:
@@ -371,6 +374,10 @@ def _setup_logging(run_dir: Path, pipe: ToTrainer | None) -> logging.Logger:
 
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:  # the trainer's CPU belongs to the trainer: the agent (and the SDKs' helpers it
+        os.nice(NICE)  # starts, such as wandb-core) yield to it when both want a core
+    except (AttributeError, OSError):
+        pass
     run_dir = Path(argv[0])
     pipe = ToTrainer(int(argv[1]) if len(argv) > 1 else None)
     logger = _setup_logging(run_dir, pipe)

@@ -77,6 +77,7 @@ class RunState(enum.Enum):
 
 
 _ACTIVE = RunState.ACTIVE  # read on log_metric's hot path
+_time_ns = time.time_ns
 
 
 @dataclass(frozen=True)
@@ -352,7 +353,7 @@ class Run:
             if step is None:
                 step = self._next_step.get(name, 0)
             self._next_step[name] = step + 1
-            self._queue.append((name, value, step, time.time_ns()))
+            self._queue.append((name, value, step, _time_ns()))
             self.latest[name] = value
             self.points += 1
             if step > self.step:
