@@ -84,6 +84,28 @@ def run_cli(
     )
 
 
+def agent_done(run_dir: Path, timeout: float) -> dict[str, Any]:
+    """agent.json once the delivery agent reported it is done and its process is gone."""
+    import psutil
+
+    from tests._helpers import wait_for
+
+    def gone(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    def done() -> dict[str, Any] | None:
+        try:
+            status = read_json(run_dir / "agent.json")
+        except (OSError, ValueError):
+            return None
+        return dict(status) if status.get("state") == "done" and gone(status["pid"]) else None
+
+    return wait_for(done, timeout, f"the delivery agent of {run_dir.name} done", interval=0.1)
+
+
 def kill_node(proc: subprocess.Popen[str], run_dir: Path) -> None:
     """SIGKILL the trainer and its delivery agent, as when their node is lost."""
     import signal

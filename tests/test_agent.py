@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests._helpers import wait_for
 from tests._reliability import (
+    agent_done,
     assert_exactly_once,
     mlflow_history,
     mlflow_run,
@@ -53,29 +53,6 @@ def child_json(path: Path, proc: subprocess.Popen[str], timeout: float = 120.0) 
 
     wait_for(written, timeout, f"{path.name} written by the child", interval=0.02)
     return dict(json.loads(path.read_text()))
-
-
-def agent_done(run_dir: Path, timeout: float) -> dict:
-    """agent.json once the agent reported it is done (and its process is gone)."""
-
-    def done() -> dict | None:
-        try:
-            status = read_json(run_dir / "agent.json")
-        except (OSError, ValueError):
-            return None
-        if status.get("state") != "done" or psutil.pid_exists(status["pid"]):
-            if not (status.get("state") == "done" and _zombie(status["pid"])):
-                return None
-        return dict(status)
-
-    return wait_for(done, timeout, f"the delivery agent of {run_dir.name} done", interval=0.1)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @pytest.mark.slow
