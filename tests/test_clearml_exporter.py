@@ -115,7 +115,10 @@ def test_reports_from_a_thread_not_a_forked_process() -> None:
     exp.log_metric("loss", 1.0)
     exp.end()  # a stop drains the delivery thread, so Task.init has run
     assert Task._report_subprocess_enabled is False
-    forks = [c for c in psutil.Process().children() if c.exe() == psutil.Process().exe()]
+    me = psutil.Process()
+    # A fork has this process's command line (a server or delivery agent that another
+    # test started is a child too, with a command line of its own).
+    forks = [c for c in me.children() if c.cmdline() == me.cmdline()]
     assert forks == []
 
 
