@@ -85,8 +85,14 @@ def test_images_replayed_after_a_crash_are_stored_once(
         exp_name="images",
         backend=TRACKERS,
         config={"mlflow": {"tracking_uri": mlflow_uri}},
+        # Delivery threads in this process: the patches above keep the captured files
+        # (a delivery agent, a process of its own, would free them).
         settings=TraceletSettings(
-            track_system=False, track_git=False, track_env=False, keep_journal=True
+            track_system=False,
+            track_git=False,
+            track_env=False,
+            keep_journal=True,
+            delivery="thread",
         ),
     )
     rng = np.random.default_rng(1)
