@@ -188,7 +188,7 @@ class Run:
             **_launch.info_fields(_launch.run_fields(self.launch, settings.ranks, shared)),
         )
         # Telemetry backends (otlp, prometheus) feed the OTel providers; the others
-        # are trackers, each fed the history by a Delivery thread.
+        # are trackers, fed the history by the delivery agent (or Delivery threads).
         telemetry_classes = {n: c for n, c in classes.items() if _registry.is_telemetry(c)}
         trackers = {n: c for n, c in classes.items() if n not in telemetry_classes}
         # Git and environment are read now: the vcs.* attributes belong on the
