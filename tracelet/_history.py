@@ -44,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from tracelet._journal import Record, encode_frames
+from tracelet._journal import Encoded, FrameCache, Record, encode_frames
 
 _log = logging.getLogger("tracelet")
 
@@ -66,6 +66,7 @@ class History:
         flush_interval: float,
         max_buffered: int,
         on_names: Callable[[set[str]], None] | None = None,
+        cache: FrameCache | None = None,
     ) -> None:
         self.path = journal
         self.queue: deque[Record] = deque()
@@ -84,11 +85,19 @@ class History:
         self.written = threading.Condition()  # notified when `committed` grows
         self._flush_interval = flush_interval
         self._on_names = on_names
+        #: The frames written last, as readers decode them, for the delivery
+        #: threads of this process (the in-memory test double, or
+        #: ``delivery="thread"``): they read the journal without decoding it.
+        #: None when every reader is the delivery agent, in its own process.
+        self.cache = cache
         self._names: set[str] = set()
         self._wake = threading.Event()
         self._room = threading.Condition()
         self._stop = False
         self._closed = False
+        #: Set once the last pass over the queue is done (`close`).
+        self.closed = threading.Event()
+        self._final = 0  # queue length after that pass: records past it came too late
         self._fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         # Kept for readers made later (delivery from this process after the agent
         # stopped): they can open the journal even once its directory is deleted.
@@ -216,11 +225,21 @@ class History:
             )
         self._check_deleted()
         self._closed = True
+        self._final = len(self.queue)
+        self.closed.set()
         try:
             os.fsync(self._fd)
         except OSError:
             pass
         os.close(self._fd)
+
+    def orphaned(self, record: Record) -> bool:
+        """True if `record` was queued after the history closed: it is not in the journal.
+
+        Only for a closed history (`closed` is set): nothing leaves the queue
+        then, and records reach it at its end only.
+        """
+        return any(r is record for r in itertools.islice(self.queue, self._final, None))
 
     def forget_in_child(self) -> None:
         """In a forked child: drop the inherited queue and descriptor, write nothing ever.
@@ -231,6 +250,8 @@ class History:
         """
         self._stop = self._closed = True
         self.queue = deque()
+        self.closed = threading.Event()
+        self.closed.set()
         self._room = threading.Condition()
         self.written = threading.Condition()
         for fd in (self._fd, self._read_fd):
@@ -270,7 +291,7 @@ class History:
 
     def _drain(self) -> bool:
         """Write what is queued; False when a write failed (the records are queued again)."""
-        queue, popleft = self.queue, self.queue.popleft
+        queue = self.queue
         while queue:
             # Written from the queue's head and removed only once on disk: the
             # queue is all that memory holds, and the bound counts it whole.
@@ -280,11 +301,11 @@ class History:
             except RuntimeError:  # "deque mutated during iteration" (free-threaded build)
                 continue
             try:
-                frames = encode_frames(records)
-                self._write(frames)
+                encoded = encode_frames(records)
+                self._write(encoded.lines)
             except _PartialWrite as part:  # the disk filled mid-write: keep the whole frames
                 self._held = 0
-                self._committed_part(records, part)
+                self._committed_part(encoded, part)
                 self._failed(part.error)
                 return False
             except BaseException as exc:  # unencodable value: the records stay queued
@@ -295,10 +316,9 @@ class History:
                 _log.warning("the journal %s is writable again", self.path)
                 self.error = None
                 self._full_since = None
-            for _ in range(n):
-                popleft()
+            _popleft(queue, n)
             self._held = 0
-            self._commit(records, sum(len(line) for line, _ in frames))
+            self._commit(encoded)
         return True
 
     def _failed(self, exc: BaseException) -> None:
@@ -311,29 +331,42 @@ class History:
             )
         self.error = exc
 
-    def _committed_part(self, records: list[Record], part: _PartialWrite) -> None:
+    def _committed_part(self, encoded: Encoded, part: _PartialWrite) -> None:
         """After a short write: the whole frames on disk are written; the rest stays queued."""
         n = sum(count for _, count in part.frames)
         if not n:
             return
-        for _ in range(n):
-            self.queue.popleft()
-        self._commit(records[:n], sum(len(line) for line, _ in part.frames))
+        _popleft(self.queue, n)
+        whole = len(part.frames)
+        frames = encoded.frames[:whole]
+        self._commit(
+            Encoded(
+                part.frames,
+                frames,
+                sum(f.points for f in frames),
+                {name for f in frames if f.columns is not None for name in f.columns[0]},
+            )
+        )
 
-    def _commit(self, records: list[Record], size: int) -> None:
-        """`records` are in the journal, `size` more bytes of whole frames: tell its readers."""
-        points = sum(1 for r in records if len(r) == 4)
+    def _commit(self, encoded: Encoded) -> None:
+        """`encoded` is whole in the journal: tell its readers."""
         if self._on_names is not None:
-            new = {r[0] for r in records if len(r) == 4} - self._names
+            new = encoded.names - self._names
             if new:
                 self._names |= new
                 try:
                     self._on_names(new)
                 except Exception as exc:  # telemetry must never stop the journal
                     _log.warning("new-metric callback failed: %r", exc)
+        size = sum(len(line) for line, _ in encoded.lines)
+        if self.cache is not None:  # readers in this process take the frames from here
+            offset = self.committed
+            for frame in encoded.frames:
+                self.cache.put(offset, frame)
+                offset += frame.size
         with self.written:
             self.committed += size
-            self.points += points
+            self.points += encoded.points
             self.written.notify_all()
         # Wake waiting producers, but never block on them: a producer
         # interrupted by a signal handler that ends the run may hold this.
@@ -368,6 +401,11 @@ class History:
             except OSError:
                 pass
             raise _PartialWrite(exc, whole) from exc
+
+
+def _popleft(queue: deque[Record], n: int) -> None:
+    """Remove `n` records from the head of `queue`, in one C loop."""
+    deque(itertools.starmap(queue.popleft, itertools.repeat((), n)), maxlen=0)
 
 
 class _PartialWrite(Exception):

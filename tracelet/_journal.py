@@ -32,7 +32,9 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from itertools import compress, count
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -45,6 +47,8 @@ _log = logging.getLogger("tracelet")
 FRAME_POINTS = 1000
 
 Record = tuple[Any, ...]
+#: A metric frame's columns: names, values, steps, timestamps (ns).
+Columns = tuple[Sequence[str], Sequence[float], Sequence[int], Sequence[int]]
 
 
 def _std_dumps(value: Any) -> bytes:
@@ -73,59 +77,148 @@ except ImportError:  # pragma: no cover - orjson is a dependency
     pass
 
 
-def _metric_frame(run: list[Record]) -> bytes:
-    names, values, steps, times = zip(*run, strict=True)
+def _metric_frame(run: list[Record]) -> tuple[bytes, Columns]:
+    """One metric frame: its line and its columns."""
+    names, values, steps, times = columns = tuple(zip(*run, strict=True))
     column = _dumps(values)
     if b"null" in column:  # orjson's NaN / inf: this column in json's extensions instead
         column = _std_dumps(values)
-    return b'{"m":[%b,%b,%b,%b]}\n' % (_dumps(names), column, _dumps(steps), _dumps(times))
+    line = b'{"m":[%b,%b,%b,%b]}\n' % (_dumps(names), column, _dumps(steps), _dumps(times))
+    return line, columns  # type: ignore[return-value]
 
 
-def encode_frames(records: list[Record]) -> list[tuple[bytes, int]]:
-    """Encode records, in order, as frames: ``(line, records it holds)`` for each.
+class Encoded(NamedTuple):
+    """Records encoded as frames (`encode_frames`)."""
 
-    A metric record is ``(name, value, step, time_ns)``; a params or tags
-    record is ``("p" | "t", dict)``. Each line ends with ``\\n``.
+    #: ``(line, records it holds)`` for each frame, in order.
+    lines: list[tuple[bytes, int]]
+    #: Each line as a reader decodes it (what `FrameCache` holds), built from
+    #: the records themselves: a reader in this process need not decode it.
+    frames: list[Frame]
+    #: Metric points among the records.
+    points: int
+    #: The metric names the records hold.
+    names: set[str]
+
+
+def encode_frames(records: list[Record]) -> Encoded:
+    """Encode records, in order, as frames. Each line ends with ``\\n``.
+
+    A metric record is ``(name, value, step, time_ns)``; a params, tags or
+    artifact record is ``("p" | "t" | "a", value)``. Runs on the trainer's
+    journal thread, so every pass over the records is a C loop (`map`,
+    `zip`, slicing), never a Python one: a batch of points costs about what
+    orjson costs.
     """
-    out: list[tuple[bytes, int]] = []
-    run: list[Record] = []
-
-    def close_run() -> None:
-        for i in range(0, len(run), FRAME_POINTS):
-            part = run[i : i + FRAME_POINTS]
-            out.append((_metric_frame(part), len(part)))
-        run.clear()
-
-    for rec in records:
-        if len(rec) == 4:
-            run.append(rec)
-        else:
-            close_run()
+    lines: list[tuple[bytes, int]] = []
+    frames: list[Frame] = []
+    names: set[str] = set()
+    # Where params, tags and artifact records are (few): the metric points
+    # between them are framed `FRAME_POINTS` at a time.
+    others = list(compress(count(), map((4).__ne__, map(len, records))))
+    start = 0
+    for end in [*others, len(records)]:
+        for i in range(start, end, FRAME_POINTS):
+            part = records[i : min(i + FRAME_POINTS, end)]
+            line, columns = _metric_frame(part)
+            lines.append((line, len(part)))
+            frames.append(Frame(len(line), columns))
+            names.update(columns[0])
+        if end < len(records):
+            key, value = records[end]
             try:
-                line = _dumps({rec[0]: rec[1]})
+                line = _dumps({key: value}) + b"\n"
             except TypeError:  # orjson: an int past 64 bits, a key that is no str
-                line = _std_dumps({rec[0]: rec[1]})
-            out.append((line + b"\n", 1))
-    close_run()
-    return out
+                line = _std_dumps({key: value}) + b"\n"
+            lines.append((line, 1))
+            frames.append(_other_frame(len(line), key, value))
+        start = end + 1
+    return Encoded(lines, frames, len(records) - len(others), names)
 
 
 def encode(records: list[Record]) -> bytes:
     """Encode records, in order, as frames (see `encode_frames`)."""
-    return b"".join(line for line, _ in encode_frames(records))
+    return b"".join(line for line, _ in encode_frames(records).lines)
 
 
-class Frame(NamedTuple):
-    """One decoded frame: its length in bytes and what it holds."""
-
-    size: int
-    metrics: list[MetricPoint]
-    params: dict[str, Any] | None = None
-    tags: dict[str, str] | None = None
-    artifact: Artifact | None = None
+_new_point = partial(tuple.__new__, MetricPoint)
 
 
-_DAMAGED: list[MetricPoint] = []
+class Frame:
+    """One decoded frame: its length in bytes and what it holds.
+
+    A metric frame keeps the columns it was read as; its `MetricPoint`s are
+    built when first asked for (and kept: the agent's backends share a frame
+    through `FrameCache`). The in-memory test double stores the columns
+    themselves, so delivering to it builds no point in the training process.
+    """
+
+    __slots__ = ("_metrics", "artifact", "columns", "params", "size", "tags")
+
+    def __init__(
+        self,
+        size: int,
+        columns: Columns | None = None,
+        params: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+        artifact: Artifact | None = None,
+    ) -> None:
+        self.size = size
+        #: ``(names, values, steps, timestamps_ns)`` of a metric frame, else None.
+        self.columns = columns
+        self.params = params
+        self.tags = tags
+        self.artifact = artifact
+        self._metrics: list[MetricPoint] | None = None
+
+    @property
+    def points(self) -> int:
+        return len(self.columns[0]) if self.columns is not None else 0
+
+    @property
+    def metrics(self) -> list[MetricPoint]:
+        """The frame's points (built on first use)."""
+        if self._metrics is None:
+            self._metrics = points_of(self.columns) if self.columns is not None else []
+        return self._metrics
+
+
+def points_of(columns: Columns) -> list[MetricPoint]:
+    """`MetricPoint`s from a metric frame's columns (values made floats, as logged)."""
+    names, values, steps, times = columns
+    return list(map(_new_point, zip(names, map(float, values), steps, times, strict=True)))
+
+
+class JournalBatch(Batch):
+    """A `Batch` read from the journal: its `metrics` list is built when first read.
+
+    What an exporter sees is a plain batch. The frames stay reachable
+    (`frames`) for a consumer that takes columns (`tracelet.testing`'s
+    in-memory double), and `len` needs no point built.
+    """
+
+    def __init__(self) -> None:  # `metrics` is left unset: `__getattr__` builds it
+        self.params: dict[str, Any] = {}
+        self.tags: dict[str, str] = {}
+        self.artifacts: list[Artifact] = []
+        #: The metric frames this batch holds, in order.
+        self.frames: list[Frame] = []
+        self.points = 0
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "metrics":
+            raise AttributeError(name)
+        metrics = [p for frame in self.frames for p in frame.metrics]
+        self.metrics = metrics
+        return metrics
+
+    @property
+    def built(self) -> bool:
+        """True once `metrics` was read (or set): the frames may no longer tell it all."""
+        return "metrics" in vars(self)
+
+    def __len__(self) -> int:
+        return self.points + len(self.params) + len(self.tags) + len(self.artifacts)
 
 
 def decode(line: bytes) -> Frame:
@@ -137,14 +230,22 @@ def decode(line: bytes) -> Frame:
     frame = _loads(line)
     if "m" in frame:
         names, values, steps, times = frame["m"]
-        return Frame(len(line), list(map(MetricPoint, names, map(float, values), steps, times)))
-    if "p" in frame:
-        return Frame(len(line), [], params=dict(frame["p"]))
-    if "t" in frame:
-        return Frame(len(line), [], tags=dict(frame["t"]))
-    if "a" in frame:
-        return Frame(len(line), [], artifact=Artifact.from_json(frame["a"]))
-    return Frame(len(line), [])
+        if not len(names) == len(values) == len(steps) == len(times):
+            raise ValueError("a metric frame with columns of different lengths")
+        return Frame(len(line), (names, values, steps, times))
+    for key in ("p", "t", "a"):
+        if key in frame:
+            return _other_frame(len(line), key, frame[key])
+    return Frame(len(line))
+
+
+def _other_frame(size: int, key: str, value: Any) -> Frame:
+    """A params (``p``), tags (``t``) or artifact (``a``) frame."""
+    if key == "p":
+        return Frame(size, params=dict(value))
+    if key == "t":
+        return Frame(size, tags=dict(value))
+    return Frame(size, artifact=Artifact.from_json(value))
 
 
 def add_frame(batch: Batch, line: bytes) -> int:
@@ -153,14 +254,19 @@ def add_frame(batch: Batch, line: bytes) -> int:
 
 
 def _add(batch: Batch, frame: Frame) -> int:
-    batch.metrics.extend(frame.metrics)
+    if frame.columns is not None:
+        if isinstance(batch, JournalBatch) and not batch.built:
+            batch.frames.append(frame)
+            batch.points += frame.points
+        else:
+            batch.metrics.extend(frame.metrics)
     if frame.params:
         batch.params.update(frame.params)
     if frame.tags:
         batch.tags.update(frame.tags)
     if frame.artifact is not None:
         batch.artifacts.append(frame.artifact)
-    return len(frame.metrics)
+    return frame.points
 
 
 class FrameCache:
@@ -202,7 +308,7 @@ def read_batches(
     """
     f.seek(offset)
     at = offset  # where `f` stands
-    batch, points = Batch(), 0
+    batch, points = JournalBatch(), 0
     while end is None or offset < end:
         frame = cache.get(offset) if cache is not None else None
         if frame is None:
@@ -221,18 +327,18 @@ def read_batches(
                     getattr(f, "name", "the journal"),
                     exc,
                 )
-                frame = Frame(len(line), _DAMAGED)
+                frame = Frame(len(line))
             if cache is not None:
                 cache.put(offset, frame)
         alone = frame.artifact is not None
         if alone and len(batch):  # an artifact goes in a batch of its own
             yield batch, offset, points
-            batch, points = Batch(), 0
+            batch, points = JournalBatch(), 0
         points += _add(batch, frame)
         offset += frame.size
         if points >= max_points or (alone and len(batch)):
             yield batch, offset, points
-            batch, points = Batch(), 0
+            batch, points = JournalBatch(), 0
     if len(batch):
         yield batch, offset, points
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader
 
 from tracelet import _otel
+from tracelet._journal import JournalBatch, points_of
 from tracelet._readback import ClearMLSession, WandbRun, read_clearml_session, read_wandb_run
 from tracelet.export import (
     Artifact,
@@ -50,17 +52,40 @@ class MemoryRun:
     """Everything one run delivered to an `InMemoryExporter`."""
 
     info: RunInfo
-    metrics: list[MetricPoint] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     status: RunStatus | None = None
     batches: int = 0
     #: Artifacts received, each with the content of its files (read at delivery).
     artifacts: list[tuple[Artifact, dict[str, bytes]]] = field(default_factory=list)
+    # What delivery brought and `metrics` has not built into points yet: a
+    # journal frame's columns, or a list of points. Points are built when
+    # read, in the reader's thread: the run's delivery, in the training
+    # process, only appends here.
+    _pending: list[Any] = field(default_factory=list, repr=False, compare=False)
+    _points: list[MetricPoint] = field(default_factory=list, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def metrics(self) -> list[MetricPoint]:
+        """Every point received, in delivery order."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+            for chunk in pending:
+                self._points.extend(chunk if isinstance(chunk, list) else points_of(chunk))
+            return self._points
 
     def history(self, name: str) -> list[tuple[int, float]]:
         """``(step, value)`` of one metric, in delivery order."""
         return [(p.step, p.value) for p in self.metrics if p.name == name]
+
+    def _receive(self, batch: Batch) -> None:
+        if isinstance(batch, JournalBatch) and not batch.built:
+            chunks: list[Any] = [frame.columns for frame in batch.frames]
+        else:
+            chunks = [list(batch.metrics)]
+        with self._lock:
+            self._pending += chunks
 
 
 class InMemoryOptions(ExporterOptions):
@@ -83,7 +108,7 @@ class InMemoryExporter(TrackerExporter):
         return {"run_id": run.run_id}
 
     def export(self, batch: Batch, timeout_millis: float = 10_000, **kwargs: Any) -> ExportResult:
-        self.run.metrics.extend(batch.metrics)
+        self.run._receive(batch)
         self.run.params.update(batch.params)
         self.run.tags.update(batch.tags)
         for artifact in batch.artifacts:
