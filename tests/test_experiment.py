@@ -190,6 +190,85 @@ def test_many_threads_keep_per_metric_order() -> None:
         assert delivered(exp).history(f"t{k}") == [(i, float(i)) for i in range(2000)]
 
 
+def test_a_point_queued_after_the_end_began_is_journaled_and_delivered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`log_metric` with a step takes no lock: a point that races with `end` is settled.
+
+    Here the run ends (from another thread) right after the point is queued
+    and before `log_metric` checks the state again: the history's last pass
+    took it, so the call returns and the point is delivered.
+    """
+    import threading
+
+    exp = start()
+    exp.log_metric("loss", 0.5, iteration=0)
+    run = exp._run
+    queue = run._queue
+
+    class EndsAfterAppend:
+        def append(self, record: object) -> None:
+            queue.append(record)
+            ender = threading.Thread(target=exp.end)
+            ender.start()
+            ender.join()
+
+        def __len__(self) -> int:
+            return len(queue)
+
+    monkeypatch.setattr(run, "_queue", EndsAfterAppend())
+    exp.log_metric("loss", 0.25, iteration=1)  # accepted: no error
+    assert exp.report is not None and exp.report.complete and exp.report.points == 2
+    assert delivered(exp).history("loss") == [(0, 0.5), (1, 0.25)]
+
+
+def test_a_point_queued_after_the_history_closed_is_refused_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The other side of the race: the run ended entirely between the state check and
+    the append. The point is in no journal, so the call says so."""
+    import threading
+
+    from tracelet import _run
+
+    exp = start()
+    exp.log_metric("loss", 0.5, iteration=0)
+    real_time_ns = _run._time_ns
+
+    def end_first() -> int:
+        monkeypatch.setattr(_run, "_time_ns", real_time_ns)
+        ender = threading.Thread(target=exp.end)
+        ender.start()
+        ender.join()
+        return real_time_ns()
+
+    monkeypatch.setattr(_run, "_time_ns", end_first)
+    with pytest.raises(ExperimentClosedError):
+        exp.log_metric("loss", 0.25, iteration=1)
+    assert exp.report is not None and exp.report.complete and exp.report.points == 1
+    assert delivered(exp).history("loss") == [(0, 0.5)]
+
+
+def test_threads_logging_one_metric_without_steps_never_share_a_step() -> None:
+    import threading
+
+    exp = start()
+    barrier = threading.Barrier(4)
+
+    def work() -> None:
+        barrier.wait()
+        for i in range(3000):
+            exp.log_metric("shared", float(i))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    exp.end()
+    assert [s for s, _ in delivered(exp).history("shared")] == list(range(12_000))
+
+
 def test_report_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="tracelet")
     exp = start()

@@ -13,15 +13,18 @@ builds the run's parts in one pass and owns them until they are shut:
 - the **sampler** (`_system.SystemMetrics`) when ``track_system`` is on.
 
 It also holds what producers record (the step of each metric, the params, the
-latest values) under one producer lock, and the run's one `RunState`:
+latest values) and the run's one `RunState`:
 
 ``ACTIVE`` → ``ENDING`` → ``ENDED``, or ``FORKED`` for the inert copy a forked
 child inherits (`tracelet._lifecycle`).
 
-There is one door into the history queue, `put` / `put_sample`: the same lock,
-the same state check and the same memory bound (`History.wake` waits while
+There is one door into the history queue, `put` / `put_sample`: the same
+state check and the same memory bound (`History.wake` waits while
 ``max_buffered`` records are queued) for `Experiment.log_metric` and for the
-system sampler. And there is one end path, `end`, which ending the run by
+system sampler. Params, tags, samples and points without a step go in under
+one producer lock; a point with its step, the hot path, goes in without it
+and is settled against `end` afterwards (`put`, `_raced`). And there is one
+end path, `end`, which ending the run by
 `Experiment.end`, `tracelet.stop_logging`, leaving a ``with`` block, SIGTERM
 and interpreter exit all go through.
 """
@@ -53,6 +56,7 @@ from tracelet import (
 from tracelet._agentlink import AgentBackend, AgentLink
 from tracelet._delivery import Delivery
 from tracelet._history import History
+from tracelet._journal import FrameCache, Record
 from tracelet._logs import brief
 from tracelet._otel import TRACE_ID_TAG, Telemetry, export_interval_millis, resource_attributes
 from tracelet._system import SystemMetrics
@@ -195,11 +199,17 @@ class Run:
         # Resource, which is fixed when the provider is created.
         provenance = _provenance.capture(git=settings.track_git, env=settings.track_env)
 
+        # The in-memory test double stays here: tests read what it received in this process.
+        by_agent = [
+            n for n in trackers if settings.delivery == "agent" and n not in _registry.TEST_DOUBLES
+        ]
         self.history = History(
             self.run_dir / _rundir.JOURNAL_FILE,
             flush_interval=settings.flush_interval,
             max_buffered=settings.max_buffered_points,
             on_names=self._new_names,
+            # Delivery threads here read the frames the writer made, not the file.
+            cache=FrameCache() if len(by_agent) < len(trackers) else None,
         )
         self._wake_at = self.history.wake_at
         self._info = info
@@ -212,10 +222,6 @@ class Run:
         self._wait = settings.wait_for_delivery
         self._fallback_lock = threading.Lock()
         self._fell_back = False
-        # The in-memory test double stays here: tests read what it received in this process.
-        by_agent = [
-            n for n in trackers if settings.delivery == "agent" and n not in _registry.TEST_DOUBLES
-        ]
         # A run continued (`_resume`) starts each backend at its saved cursor.
         resumed = previous is not None
         self.deliveries: list[Delivery | AgentBackend] = [
@@ -239,6 +245,7 @@ class Run:
                     "cannot start the delivery agent (%s); delivering from this process",
                     brief(exc),
                 )
+                self.history.cache = self.history.cache or FrameCache()
                 self.deliveries += [
                     self._delivery(n, on_started, restore=resumed) for n in by_agent
                 ]
@@ -325,6 +332,8 @@ class Run:
                 self.run_id,
                 link.failure(),
             )
+            if self.history.cache is None:
+                self.history.cache = FrameCache()
             moved = [self._delivery(n, restore=True) for n in link.backends]
             self.deliveries = [d for d in self.deliveries if not isinstance(d, AgentBackend)]
             self.deliveries += moved
@@ -343,23 +352,68 @@ class Run:
         `step` None continues the metric from its previous step. Waits while
         the queue holds ``max_buffered`` records (the journal writer is behind).
 
+        The hot path of training code, measured inside a training loop
+        (``benchmarks/bench_loop.py``), so a point with its step takes no
+        lock: the deque's append is atomic, and the state is checked again
+        after it. A point that raced with `end` is settled by `_raced`:
+        journaled, or refused with `ExperimentClosedError`, never lost
+        silently. A point without a step takes the producer lock
+        (`_put_next`), so its step is given and queued in one move: no two
+        threads give one metric the same step, and steps follow the queue.
+
         Raises:
             ExperimentClosedError: the run has ended or is ending.
         """
-        with self.lock:
+        if step is None:
+            self._put_next(name, value)
+            return
+        if self.state is not _ACTIVE:
+            self._refuse()
+            return
+        self._next_step[name] = step + 1
+        record = (name, value, step, _time_ns())
+        self._queue.append(record)
+        if self.state is not _ACTIVE:
+            self._raced(record)
+        # Telemetry's view, without a lock: exact with one producer thread,
+        # and with several under the GIL; approximate on a free-threaded build.
+        self.latest[name] = value
+        self.points += 1
+        if step > self.step:
+            self.step = step
+        if len(self._queue) >= self._wake_at:
+            self.history.wake()
+
+    def _put_next(self, name: str, value: float) -> None:
+        """`put` for a point without a step: under the producer lock."""
+        lock = self.lock
+        lock.acquire()  # not `with`: cheaper on this path
+        try:
             if self.state is not _ACTIVE:
                 self._refuse()
                 return
-            if step is None:
-                step = self._next_step.get(name, 0)
+            step = self._next_step.get(name, 0)
             self._next_step[name] = step + 1
             self._queue.append((name, value, step, _time_ns()))
             self.latest[name] = value
             self.points += 1
             if step > self.step:
                 self.step = step
+        finally:
+            lock.release()
         if len(self._queue) >= self._wake_at:
             self.history.wake()
+
+    def _raced(self, record: Record) -> None:
+        """`put` queued `record` as `end` began: accept it if it was journaled, else refuse it.
+
+        The history's final pass (`History.close`) writes, or counts as
+        lost, everything queued before it; a record queued after it is
+        refused here, so the caller knows it was not recorded.
+        """
+        self.history.closed.wait(self.close_timeout + 10.0)
+        if self.history.orphaned(record):
+            self._refuse()
 
     def put_sample(self, series: Mapping[str, float], step: int) -> bool:
         """Queue one system sample (`_system.SystemMetrics`), all at `step`.
