@@ -203,8 +203,7 @@ def test_a_point_queued_after_the_end_began_is_journaled_and_delivered(
 
     exp = start()
     exp.log_metric("loss", 0.5, iteration=0)
-    run = exp._run
-    queue = run._queue
+    queue = exp._queue
 
     class EndsAfterAppend:
         def append(self, record: object) -> None:
@@ -216,7 +215,7 @@ def test_a_point_queued_after_the_end_began_is_journaled_and_delivered(
         def __len__(self) -> int:
             return len(queue)
 
-    monkeypatch.setattr(run, "_queue", EndsAfterAppend())
+    monkeypatch.setattr(exp, "_queue", EndsAfterAppend())
     exp.log_metric("loss", 0.25, iteration=1)  # accepted: no error
     assert exp.report is not None and exp.report.complete and exp.report.points == 2
     assert delivered(exp).history("loss") == [(0, 0.5), (1, 0.25)]
@@ -229,20 +228,20 @@ def test_a_point_queued_after_the_history_closed_is_refused_not_lost(
     the append. The point is in no journal, so the call says so."""
     import threading
 
-    from tracelet import _run
+    from tracelet import _experiment
 
     exp = start()
     exp.log_metric("loss", 0.5, iteration=0)
-    real_time_ns = _run._time_ns
+    real_time_ns = _experiment._time_ns
 
     def end_first() -> int:
-        monkeypatch.setattr(_run, "_time_ns", real_time_ns)
+        monkeypatch.setattr(_experiment, "_time_ns", real_time_ns)
         ender = threading.Thread(target=exp.end)
         ender.start()
         ender.join()
         return real_time_ns()
 
-    monkeypatch.setattr(_run, "_time_ns", end_first)
+    monkeypatch.setattr(_experiment, "_time_ns", end_first)
     with pytest.raises(ExperimentClosedError):
         exp.log_metric("loss", 0.25, iteration=1)
     assert exp.report is not None and exp.report.complete and exp.report.points == 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +31,11 @@ from tracelet.integrations import _auto
 
 __all__ = ["BackendReport", "Experiment", "RunReport"]
 
+# Read on log_metric's hot path.
+_ACTIVE = RunState.ACTIVE
+_MAX_STEP = _validate.MAX_STEP
+_time_ns = time.time_ns
+
 
 class Experiment:
     """A run being tracked. Create it with `tracelet.start_logging`.
@@ -45,7 +51,8 @@ class Experiment:
         self.project = run.project
         self.run_dir: Path = run.run_dir
         self._run = run
-        self._put = run.put  # bound once: log_metric's hot path
+        self._queue = run.queue  # bound once: log_metric's hot path
+        self._wake_at = run.wake_at
         self._artifacts = _artifacts.ArtifactStore(run.run_dir)
 
     # -- logging ----------------------------------------------------------------
@@ -67,6 +74,8 @@ class Experiment:
                 an int value too large for a float.
             ExperimentClosedError: the experiment has ended.
         """
+        # The hot path of training code; see "the doors into the history queue"
+        # in tracelet._run for the protocol (no lock; settled against `end`).
         if type(name) is not str or not name:
             name = _validate.metric_name(name)
         if type(value) is not float:
@@ -74,11 +83,22 @@ class Experiment:
                 value = float(value) if type(value) is int else _validate.metric_value(name, value)
             except OverflowError:  # an int beyond float range
                 value = _validate.metric_value(name, value)
-        if iteration is not None and (
-            type(iteration) is not int or iteration < 0 or iteration > _validate.MAX_STEP
-        ):
+        if iteration is None:
+            self._run.put_next(name, value)
+            return
+        if type(iteration) is not int or iteration < 0 or iteration > _MAX_STEP:
             iteration = _validate.step(name, iteration)
-        self._put(name, value, iteration)
+        run = self._run
+        if run.state is not _ACTIVE:
+            run._refuse()
+            return
+        run.last_step[name] = iteration
+        record = (name, value, iteration, _time_ns())
+        self._queue.append(record)
+        if run.state is not _ACTIVE:  # the run began to end since the check
+            run.raced(record)
+        if len(self._queue) >= self._wake_at:
+            run.history.wake()
 
     def log_metrics(self, metrics: dict[str, float], iteration: int | None = None) -> None:
         """Record several metrics at one step (each gets its own step when `iteration` is None).

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from tracelet._journal import Encoded, FrameCache, Record, encode_frames
+from tracelet._journal import SAMPLE, Encoded, FrameCache, Record, encode_frames
 
 _log = logging.getLogger("tracelet")
 
@@ -74,6 +74,13 @@ class History:
         #: Queue length at which a producer wakes the journal thread early.
         self.wake_at = max(1000, max_buffered // 4)
         self.points = 0  # metric points written to the journal
+        # The run's view for its telemetry and `Experiment.step`, kept by the
+        # writer so that log_metric keeps no counters (see `view`): what was
+        # written of the points training code logged (system samples aside).
+        self.logged = 0
+        self.top_step = -1
+        #: The latest written value of each metric (what its OTel gauge reports).
+        self.latest: dict[str, float] = {}
         self.blocked = 0  # times a producer waited for room
         self.write_errors = 0  # failed journal writes (each retried)
         self.dropped = 0  # points shed while the disk refused and memory was full
@@ -207,7 +214,9 @@ class History:
             if (deadline is None and tries >= 3) or (deadline is not None and left <= 0):
                 break
             threading.Event().wait(min(RETRY_EVERY, max(0.0, left)))
-        self.unwritten = sum(1 for r in self.queue if len(r) == 4)
+        self.unwritten = sum(
+            1 if len(r) == 4 else len(r[1]) if r[0] == SAMPLE else 0 for r in self.queue
+        )
         if self.queue:
             _log.error(
                 "%d points (%d records) could not be written to the journal %s "
@@ -232,6 +241,22 @@ class History:
         except OSError:
             pass
         os.close(self._fd)
+
+    def view(self) -> tuple[int, int]:
+        """``(points, highest step)`` logged by training code so far, written or queued.
+
+        Exact at the moment it is taken: the records still queued are added to
+        what the writer counted. Costs a pass over the queue (it is called by
+        telemetry readers and `Experiment.step`, never per point).
+        """
+        with self.written:
+            points, top, queued = self.logged, self.top_step, list(self.queue)
+        for record in queued:
+            if len(record) == 4:
+                points += 1
+                if record[2] > top:
+                    top = record[2]
+        return points, top
 
     def orphaned(self, record: Record) -> bool:
         """True if `record` was queued after the history closed: it is not in the journal.
@@ -305,7 +330,7 @@ class History:
                 self._write(encoded.lines)
             except _PartialWrite as part:  # the disk filled mid-write: keep the whole frames
                 self._held = 0
-                self._committed_part(encoded, part)
+                self._committed_part(records, part)
                 self._failed(part.error)
                 return False
             except BaseException as exc:  # unencodable value: the records stay queued
@@ -316,9 +341,7 @@ class History:
                 _log.warning("the journal %s is writable again", self.path)
                 self.error = None
                 self._full_since = None
-            _popleft(queue, n)
-            self._held = 0
-            self._commit(encoded)
+            self._commit(encoded, n)
         return True
 
     def _failed(self, exc: BaseException) -> None:
@@ -331,25 +354,19 @@ class History:
             )
         self.error = exc
 
-    def _committed_part(self, encoded: Encoded, part: _PartialWrite) -> None:
+    def _committed_part(self, records: list[Record], part: _PartialWrite) -> None:
         """After a short write: the whole frames on disk are written; the rest stays queued."""
         n = sum(count for _, count in part.frames)
-        if not n:
-            return
-        _popleft(self.queue, n)
-        whole = len(part.frames)
-        frames = encoded.frames[:whole]
-        self._commit(
-            Encoded(
-                part.frames,
-                frames,
-                sum(f.points for f in frames),
-                {name for f in frames if f.columns is not None for name in f.columns[0]},
-            )
-        )
+        if n:  # encoded again: the same frames, the view of these records only
+            self._commit(encode_frames(records[:n]), n)
 
-    def _commit(self, encoded: Encoded) -> None:
-        """`encoded` is whole in the journal: tell its readers."""
+    def _commit(self, encoded: Encoded, n: int) -> None:
+        """The first `n` queued records are whole in the journal, as `encoded`: tell its readers.
+
+        They leave the queue as the run's view moves past them, under the
+        `written` lock: `view` sees every record once, in the view or in the
+        queue.
+        """
         if self._on_names is not None:
             new = encoded.names - self._names
             if new:
@@ -365,8 +382,15 @@ class History:
                 self.cache.put(offset, frame)
                 offset += frame.size
         with self.written:
+            _popleft(self.queue, n)
+            self._held = 0
             self.committed += size
             self.points += encoded.points
+            self.logged += encoded.logged
+            if encoded.top_step > self.top_step:
+                self.top_step = encoded.top_step
+            if encoded.latest:
+                self.latest.update(encoded.latest)
             self.written.notify_all()
         # Wake waiting producers, but never block on them: a producer
         # interrupted by a signal handler that ends the run may hold this.

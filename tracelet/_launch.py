@@ -251,23 +251,38 @@ def rank_batch(batch: Batch, rank: int) -> Batch:
 class NamesOnly:
     """The history queue of a rank that writes no tracker: nothing is kept or journaled.
 
-    `tracelet._run.Run.put` appends to it as to the real queue (one door for
-    every rank); a metric name seen for the first time is handed to
-    `on_names` (the run's OTel gauges), as the journal thread does on a rank
-    that journals. Its length is always 0, so producers never wake or wait
-    for a journal writer.
+    Producers append to it as to the real queue (one door for every rank); a
+    metric name seen for the first time is handed to `on_names` (the run's
+    OTel gauges), as the journal thread does on a rank that journals, and it
+    keeps the run's telemetry view (`view`, `latest`) as the writer does
+    there. Its length is always 0, so producers never wake or wait for a
+    journal writer.
     """
 
-    __slots__ = ("_names", "_on_names")
+    __slots__ = ("_names", "_on_names", "latest", "logged", "top_step")
 
     def __init__(self, on_names: Callable[[set[str]], None]) -> None:
         self._names: set[str] = set()
         self._on_names = on_names
+        self.latest: dict[str, float] = {}
+        self.logged = 0
+        self.top_step = -1
 
     def append(self, record: tuple[Any, ...]) -> None:
-        if len(record) == 4 and record[0] not in self._names:
-            self._names.add(record[0])
-            self._on_names({record[0]})
+        if len(record) != 4:
+            return
+        name, value, step, _ = record
+        if name not in self._names:
+            self._names.add(name)
+            self._on_names({name})
+        self.latest[name] = value
+        self.logged += 1
+        if step > self.top_step:
+            self.top_step = step
+
+    def view(self) -> tuple[int, int]:
+        """``(points, highest step)`` logged (see `tracelet._history.History.view`)."""
+        return self.logged, self.top_step
 
     def __len__(self) -> int:
         return 0

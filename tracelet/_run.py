@@ -12,19 +12,19 @@ builds the run's parts in one pass and owns them until they are shut:
   which read the run's progress from this object when a reader collects;
 - the **sampler** (`_system.SystemMetrics`) when ``track_system`` is on.
 
-It also holds what producers record (the step of each metric, the params, the
-latest values) and the run's one `RunState`:
+It also holds what producers record (the step of each metric, the params)
+and the run's one `RunState`:
 
 ``ACTIVE`` → ``ENDING`` → ``ENDED``, or ``FORKED`` for the inert copy a forked
 child inherits (`tracelet._lifecycle`).
 
-There is one door into the history queue, `put` / `put_sample`: the same
-state check and the same memory bound (`History.wake` waits while
-``max_buffered`` records are queued) for `Experiment.log_metric` and for the
-system sampler. Params, tags, samples and points without a step go in under
-one producer lock; a point with its step, the hot path, goes in without it
-and is settled against `end` afterwards (`put`, `_raced`). And there is one
-end path, `end`, which ending the run by
+There are few doors into the history queue, and they share one state check
+and one memory bound (`History.wake` waits while ``max_buffered`` records
+are queued): `Experiment.log_metric` for a point with its step (the hot
+path: no lock, settled against `end` by `raced`), and, under one producer
+lock, `put_next` (a point without a step), `put_sample` (the system
+sampler), `put_params`, `put_tags` and `put_artifact`. And there is one end
+path, `end`, which ending the run by
 `Experiment.end`, `tracelet.stop_logging`, leaving a ``with`` block, SIGTERM
 and interpreter exit all go through.
 """
@@ -56,7 +56,7 @@ from tracelet import (
 from tracelet._agentlink import AgentBackend, AgentLink
 from tracelet._delivery import Delivery
 from tracelet._history import History
-from tracelet._journal import FrameCache, Record
+from tracelet._journal import SAMPLE, FrameCache, Record
 from tracelet._logs import brief
 from tracelet._otel import TRACE_ID_TAG, Telemetry, export_interval_millis, resource_attributes
 from tracelet._system import SystemMetrics
@@ -80,7 +80,7 @@ class RunState(enum.Enum):
     FORKED = "forked"
 
 
-_ACTIVE = RunState.ACTIVE  # read on log_metric's hot path
+_ACTIVE = RunState.ACTIVE  # read on log_metric's hot path (`Experiment.log_metric`)
 _time_ns = time.time_ns
 
 
@@ -136,17 +136,14 @@ class Run:
         self.state = RunState.ACTIVE
         #: The producer lock: held around every append to the history queue.
         self.lock = threading.Lock()
-        self.step = -1  # the highest step logged
-        self.points = 0  # metric points logged (system samples aside)
         self.params: dict[str, Any] = {}
-        #: The latest value of each metric (what its OTel gauge reports).
-        self.latest: dict[str, float] = {}
         self.report: RunReport | None = None
         self.close_timeout = settings.close_timeout
         self._keep_journal = settings.keep_journal
         #: Which checkpoints integrations log as artifacts (`Experiment.log_checkpoint`).
         self.log_checkpoints = settings.log_checkpoints
-        self._next_step: dict[str, int] = {}
+        #: The previous step of each metric (producers write it; `put_next` reads it).
+        self.last_step: dict[str, int] = {}
         self._end_lock = threading.Lock()
         self._ender: int | None = None  # the thread running `end`, while it runs
         self._warned_child = False
@@ -211,7 +208,8 @@ class Run:
             # Delivery threads here read the frames the writer made, not the file.
             cache=FrameCache() if len(by_agent) < len(trackers) else None,
         )
-        self._wake_at = self.history.wake_at
+        #: Queue length at which a producer wakes the journal writer.
+        self.wake_at = self.history.wake_at
         self._info = info
         self._classes, self._options = trackers, options
         # Captured artifact files go once every tracker has made them durable (the
@@ -255,14 +253,19 @@ class Run:
             self.history.points = previous.points  # what the journal holds already
         # No tracker to feed (a rank that writes none): nothing is journaled;
         # the metrics' names still get their OTel gauges.
-        self._queue: Any = self.history.queue if trackers else _launch.NamesOnly(self._new_names)
+        names_only = None if trackers else _launch.NamesOnly(self._new_names)
+        #: What producers append their records to: the history queue.
+        self.queue: Any = self.history.queue if names_only is None else names_only
+        # Who keeps the telemetry view (`points`, `step`, `latest`): the journal
+        # writer, from what it writes, so that log_metric keeps no counters.
+        self._view: History | _launch.NamesOnly = self.history if names_only is None else names_only
         self.telemetry = Telemetry(
             {
                 **resource_attributes(self.run_id, self.project, self.name),
                 **_launch.resource(self.launch, self.run_id),
                 **provenance.resource,
             },
-            self.latest,
+            self._view.latest,
             self,
             backends={n: c(options[n]) for n, c in telemetry_classes.items()},
             context=TelemetryContext(
@@ -344,72 +347,60 @@ class Run:
         """Metric names the journal saw for the first time: each gets its OTel gauge."""
         self.telemetry.observe(names)
 
-    # -- the door into the history queue ------------------------------------------
+    # -- the doors into the history queue ----------------------------------------
 
-    def put(self, name: str, value: float, step: int | None) -> None:
-        """Queue one checked metric point (`Experiment.log_metric`).
+    # `Experiment.log_metric` queues a point with its step itself: the hot path
+    # of training code, measured inside a training loop (`benchmarks/bench_loop.py`),
+    # where each call frame, lock and counter counts. It takes no lock: it
+    # checks `state`, records the step in `last_step`, appends its record to
+    # `queue` (an atomic append), checks `state` again and, if the run began
+    # to end meanwhile, hands the record to `raced`; then it wakes the journal
+    # writer past `wake_at`. It keeps no counters: the writer does (`points`,
+    # `step`, the latest values), from what it writes.
 
-        `step` None continues the metric from its previous step. Waits while
-        the queue holds ``max_buffered`` records (the journal writer is behind).
+    @property
+    def points(self) -> int:
+        """Metric points logged so far (system samples aside), written or queued."""
+        return int(self._view.view()[0])
 
-        The hot path of training code, measured inside a training loop
-        (``benchmarks/bench_loop.py``), so a point with its step takes no
-        lock: the deque's append is atomic, and the state is checked again
-        after it. A point that raced with `end` is settled by `_raced`:
-        journaled, or refused with `ExperimentClosedError`, never lost
-        silently. A point without a step takes the producer lock
-        (`_put_next`), so its step is given and queued in one move: no two
-        threads give one metric the same step, and steps follow the queue.
+    @property
+    def step(self) -> int:
+        """The highest step logged so far; -1 before the first point."""
+        return int(self._view.view()[1])
+
+    def put_next(self, name: str, value: float) -> None:
+        """Queue a point without a step: one past the metric's previous step (0 at first).
+
+        Under the producer lock, so the step is given and queued in one move:
+        no two threads give one metric the same step, and steps follow the
+        queue (the order points are delivered in).
 
         Raises:
             ExperimentClosedError: the run has ended or is ending.
         """
-        if step is None:
-            self._put_next(name, value)
-            return
-        if self.state is not _ACTIVE:
-            self._refuse()
-            return
-        self._next_step[name] = step + 1
-        record = (name, value, step, _time_ns())
-        self._queue.append(record)
-        if self.state is not _ACTIVE:
-            self._raced(record)
-        # Telemetry's view, without a lock: exact with one producer thread,
-        # and with several under the GIL; approximate on a free-threaded build.
-        self.latest[name] = value
-        self.points += 1
-        if step > self.step:
-            self.step = step
-        if len(self._queue) >= self._wake_at:
-            self.history.wake()
-
-    def _put_next(self, name: str, value: float) -> None:
-        """`put` for a point without a step: under the producer lock."""
         lock = self.lock
-        lock.acquire()  # not `with`: cheaper on this path
+        lock.acquire()  # not `with`: cheaper, and this path is hot too
         try:
             if self.state is not _ACTIVE:
                 self._refuse()
                 return
-            step = self._next_step.get(name, 0)
-            self._next_step[name] = step + 1
-            self._queue.append((name, value, step, _time_ns()))
-            self.latest[name] = value
-            self.points += 1
-            if step > self.step:
-                self.step = step
+            step = self.last_step.get(name, -1) + 1
+            self.last_step[name] = step
+            self.queue.append((name, value, step, _time_ns()))
         finally:
             lock.release()
-        if len(self._queue) >= self._wake_at:
+        if len(self.queue) >= self.wake_at:
             self.history.wake()
 
-    def _raced(self, record: Record) -> None:
-        """`put` queued `record` as `end` began: accept it if it was journaled, else refuse it.
+    def raced(self, record: Record) -> None:
+        """A point queued as `end` began: accept it if it was journaled, else refuse it.
 
-        The history's final pass (`History.close`) writes, or counts as
-        lost, everything queued before it; a record queued after it is
-        refused here, so the caller knows it was not recorded.
+        The history's last pass (`History.close`) writes, or counts as lost,
+        everything queued before it; a record queued after it is refused
+        here, so the caller knows it was not recorded.
+
+        Raises:
+            ExperimentClosedError: `record` came too late to be journaled.
         """
         self.history.closed.wait(self.close_timeout + 10.0)
         if self.history.orphaned(record):
@@ -418,7 +409,7 @@ class Run:
     def put_sample(self, series: Mapping[str, float], step: int) -> bool:
         """Queue one system sample (`_system.SystemMetrics`), all at `step`.
 
-        The door `put` is, for a feeder that is not training code: system
+        The door `put_next` is, for a feeder that is not training code: system
         series keep their own steps (the sample index) and count neither in
         the run's step nor in its points (``tracelet.step``,
         ``tracelet.points``), and the last sample is still taken while the run
@@ -428,10 +419,11 @@ class Run:
         with self.lock:
             if self.state is not _ACTIVE and self.state is not RunState.ENDING:
                 return False
-            now, append = time.time_ns(), self._queue.append
-            for name, value in series.items():
-                append((name, value, step, now))
-        if len(self._queue) >= self._wake_at:
+            now = time.time_ns()
+            points = [(name, value, step, now) for name, value in series.items()]
+            if points:  # one record: the writer counts its points apart
+                self.queue.append((SAMPLE, points))
+        if len(self.queue) >= self.wake_at:
             self.history.wake()
         return True
 
@@ -456,7 +448,7 @@ class Run:
             new = {k: v for k, v in flat.items() if k not in self.params}
             if new:
                 self.params.update(new)
-                self._queue.append(("p", new))
+                self.queue.append(("p", new))
 
     def put_tags(self, tags: dict[str, str]) -> None:
         """Queue checked tags (`Experiment.set_tags`).
@@ -468,7 +460,7 @@ class Run:
             if self.state is not _ACTIVE:
                 self._refuse()
                 return
-            self._queue.append(("t", tags))
+            self.queue.append(("t", tags))
 
     def put_artifact(self, artifact: Any) -> None:
         """Queue a captured artifact (`tracelet._artifacts`); written at once.
@@ -480,7 +472,7 @@ class Run:
             if self.state is not _ACTIVE:
                 self._refuse()
                 return
-            self._queue.append(("a", artifact.to_json()))
+            self.queue.append(("a", artifact.to_json()))
         self.history.wake()
 
     def _refuse(self) -> None:
