@@ -22,7 +22,10 @@ none of the agent's) is reported too: on a machine busy with other work the
 wall-clock ratio moves from run to run, the CPU ratio much less.
 
 Run: ``.venv/bin/python -m benchmarks.bench_loop [--steps N] [--rounds R]
-[--only NAME ...] [--out build/bench_loop.json]``. Reports the median loop
+[--only NAME ...] [--against DIR] [--out build/bench_loop.json]``. With
+``--against``, the tracelet variants also run with tracelet imported from
+another checkout (``git worktree add /tmp/before HEAD~3``), in the same
+rounds: a change's effect, measured on one machine at one time. Reports the median loop
 time per variant and its ratio to the bare loop's median, and the median
 close time. On a shared machine compare within one run.
 """
@@ -125,9 +128,12 @@ print(json.dumps({"loop_s": loop_s, "cpu_s": cpu_s, "close_s": time.perf_counter
 """
 
 
-def run_variant(variant: str, steps: int) -> dict[str, float]:
+def run_variant(variant: str, steps: int, tree: str | None = None) -> dict[str, float]:
+    """Run one variant in a fresh process; `tree`: import tracelet from that checkout."""
     with tempfile.TemporaryDirectory(prefix=f"bench-loop-{variant}-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRACELET_")}
+        if tree is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [tree, env.get("PYTHONPATH")]))
         env.update(
             offline_env(tmp),
             MLFLOW_DISABLE_TELEMETRY="true",
@@ -155,14 +161,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", action="append", choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=Path("build/bench_loop.json"))
+    parser.add_argument(
+        "--against",
+        metavar="DIR",
+        help="another checkout of tracelet (e.g. a `git worktree` of an older commit): "
+        "its tracelet variants run too, in the same rounds",
+    )
     args = parser.parse_args(argv)
     chosen = args.only or list(VARIANTS)
     if "bare" not in chosen:
         chosen = ["bare", *chosen]
+    if args.against:
+        chosen += [f"{v}@{args.against}" for v in chosen if v.startswith("tracelet")]
     results: dict[str, list[dict[str, float]]] = {v: [] for v in chosen}
     for r in range(args.rounds):
         for variant in chosen:  # interleaved: a busy moment hits every variant alike
-            results[variant].append(run_variant(variant, args.steps))
+            name, _, tree = variant.partition("@")
+            results[variant].append(run_variant(name, args.steps, tree or None))
             print(
                 f"round {r + 1}/{args.rounds} {variant}: "
                 f"loop {results[variant][-1]['loop_s']:.2f} s, "
@@ -177,9 +192,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         loop = statistics.median(x["loop_s"] for x in results[variant])
         close = statistics.median(x["close_s"] for x in results[variant])
         cpu = statistics.median(x["cpu_s"] for x in results[variant])
+        name, _, tree = variant.partition("@")
         rows.append(
             [
-                VARIANTS[variant],
+                VARIANTS[name] + (f" [{tree}]" if tree else ""),
                 loop,
                 f"{loop / bare:.3f}×",
                 f"{1e6 * loop / args.steps:.0f}",

@@ -268,6 +268,43 @@ def test_threads_logging_one_metric_without_steps_never_share_a_step() -> None:
     assert [s for s, _ in delivered(exp).history("shared")] == list(range(12_000))
 
 
+def test_step_and_points_count_what_is_queued_and_what_is_written_but_no_sample() -> None:
+    """The journal writer keeps the run's view; what is still queued is added to it."""
+    exp = start(settings=QUIET.model_copy(update={"flush_interval": 60.0}))
+    run = exp._run
+    for i in range(10):
+        exp.log_metric("loss", 1.0, iteration=i)
+    assert exp.step == 9 and run.points == 10  # all queued: the writer sleeps for 60 s
+    assert run.put_sample({"system/cpu": 5.0}, 1_000)
+    run.history.wake()
+    while run.history.backlog:
+        __import__("time").sleep(0.01)
+    exp.log_metric("loss", 2.0)
+    assert exp.step == 10 and run.points == 11  # ten written, one queued; the sample apart
+    exp.end()
+    assert exp.report is not None and exp.report.points == 12  # the sample is delivered
+
+
+def test_the_memory_double_takes_frames_from_the_writer_without_decoding_the_journal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tracelet import _journal
+
+    def no_decoding(line: bytes) -> object:
+        raise AssertionError("the training process decoded its own journal")
+
+    monkeypatch.setattr(_journal, "decode", no_decoding)
+    exp = start()
+    for i in range(5000):
+        exp.log_metric("loss", i / 7, iteration=i)
+    exp.log_params({"lr": 0.1})
+    exp.end()
+    assert exp.report is not None and exp.report.complete
+    run = delivered(exp)
+    assert run.history("loss") == [(i, i / 7) for i in range(5000)]
+    assert run.params == {"lr": 0.1}
+
+
 def test_report_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="tracelet")
     exp = start()

@@ -249,8 +249,14 @@ class History:
         what the writer counted. Costs a pass over the queue (it is called by
         telemetry readers and `Experiment.step`, never per point).
         """
-        with self.written:
-            points, top, queued = self.logged, self.top_step, list(self.queue)
+        while True:
+            with self.written:
+                try:  # one C call: under the GIL no producer appends meanwhile
+                    queued = list(self.queue)
+                except RuntimeError:  # "deque mutated during iteration" (free-threaded build)
+                    continue
+                points, top = self.logged, self.top_step
+            break
         for record in queued:
             if len(record) == 4:
                 points += 1
