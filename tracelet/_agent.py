@@ -66,9 +66,13 @@ LOG_FILE = "agent.log"
 FOLLOW_EVERY = 0.1
 #: Seconds between rewrites of agent.json.
 REPORT_EVERY = 0.25
-#: How much lower than the trainer the agent runs (``nice``): it gives way when both
-#: want a core, and takes what the trainer leaves (all of it while the run closes).
-NICE = 10
+#: How much lower than the trainer the agent runs (``nice``): the lowest, so it takes
+#: the CPU the trainer leaves (all of it while the run closes) and little more.
+#: Measured with three trackers (``benchmarks/bench_loop.py --against``, same
+#: rounds): nice 19 cost the loop 1.055x the bare loop, nice 10 1.121x; closing
+#: took the same time. On a machine the training keeps busy on every core,
+#: delivery lags until the end of the run (the journal holds every point).
+NICE = 19
 
 
 class LiveJournal:
