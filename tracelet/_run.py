@@ -243,7 +243,8 @@ class Run:
                     "cannot start the delivery agent (%s); delivering from this process",
                     brief(exc),
                 )
-                self.history.cache = self.history.cache or FrameCache()
+                if self.history.cache is None:  # threads here now: they read the writer's frames
+                    self.history.cache = FrameCache()
                 self.deliveries += [
                     self._delivery(n, on_started, restore=resumed) for n in by_agent
                 ]
@@ -361,12 +362,12 @@ class Run:
     @property
     def points(self) -> int:
         """Metric points logged so far (system samples aside), written or queued."""
-        return int(self._view.view()[0])
+        return self._view.view()[0]
 
     @property
     def step(self) -> int:
         """The highest step logged so far; -1 before the first point."""
-        return int(self._view.view()[1])
+        return self._view.view()[1]
 
     def put_next(self, name: str, value: float) -> None:
         """Queue a point without a step: one past the metric's previous step (0 at first).
@@ -409,7 +410,7 @@ class Run:
     def put_sample(self, series: Mapping[str, float], step: int) -> bool:
         """Queue one system sample (`_system.SystemMetrics`), all at `step`.
 
-        The door `put_next` is, for a feeder that is not training code: system
+        The door for a feeder that is not training code: system
         series keep their own steps (the sample index) and count neither in
         the run's step nor in its points (``tracelet.step``,
         ``tracelet.points``), and the last sample is still taken while the run
