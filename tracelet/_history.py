@@ -101,7 +101,6 @@ class History:
         self._wake = threading.Event()
         self._room = threading.Condition()
         self._stop = False
-        self._closed = False
         #: Set once the last pass over the queue is done (`close`).
         self.closed = threading.Event()
         self._final = 0  # queue length after that pass: records past it came too late
@@ -201,7 +200,7 @@ class History:
             deadline: `time.monotonic()` until which a refused write is retried
                 (the run's close deadline); by default three tries.
         """
-        if self._closed:
+        if self.closed.is_set():
             return
         self._stop = True
         self._wake.set()
@@ -233,7 +232,6 @@ class History:
                 self.path,
             )
         self._check_deleted()
-        self._closed = True
         self._final = len(self.queue)
         self.closed.set()
         try:
@@ -279,7 +277,7 @@ class History:
         writing the file; closing the child's copy of the descriptor leaves
         the parent's untouched.
         """
-        self._stop = self._closed = True
+        self._stop = True
         self.queue = deque()
         self.closed = threading.Event()
         self.closed.set()
@@ -395,8 +393,7 @@ class History:
             self.logged += encoded.logged
             if encoded.top_step > self.top_step:
                 self.top_step = encoded.top_step
-            if encoded.latest:
-                self.latest.update(encoded.latest)
+            self.latest.update(encoded.latest)
             self.written.notify_all()
         # Wake waiting producers, but never block on them: a producer
         # interrupted by a signal handler that ends the run may hold this.

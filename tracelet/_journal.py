@@ -103,11 +103,11 @@ class Encoded(NamedTuple):
     #: The metric names the records hold.
     names: set[str]
     #: Points logged by training code (system samples aside) ...
-    logged: int = 0
+    logged: int
     #: ... the highest step among them (-1: none) ...
-    top_step: int = -1
+    top_step: int
     #: ... and the last value of each of their metrics.
-    latest: dict[str, float] | None = None
+    latest: dict[str, float]
 
 
 #: The first field of a system sample's record: ``("s", [metric records])``.
